@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from support import NatsServer, SiotProcess
 
+from siot.client import Client
 from siot.store import Store, StoreConfig
 
 
@@ -29,3 +31,33 @@ def db_path(tmp_path: Path) -> str:
 async def store(db_path: str) -> AsyncIterator[Store]:
     async with Store(StoreConfig(path=db_path, instance_id="inst-test", description="test-host")) as s:
         yield s
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def siot_process(tmp_path: Path) -> Iterator[SiotProcess]:
+    """A running `siot serve` with its own nats-server, stopped (SIGTERM) after the test."""
+    proc = SiotProcess(data_dir=tmp_path / "siot-data").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def siot(siot_process: SiotProcess) -> AsyncIterator[Client]:
+    """A client connected to `siot_process`, with its root loaded."""
+    client = await Client.connect(siot_process.url, reconnect_forever=False)
+    await client.load_root()
+    try:
+        yield client
+    finally:
+        await client.close()

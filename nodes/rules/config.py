@@ -1,0 +1,213 @@
+"""Typed configs of the rule node types, decoded from their points (Simple IoT point names).
+
+Why pydantic here and nowhere on the hot path: configs change rarely, and a validator is the one
+place where a bad operator, time zone or clock time is turned into a clear message. The manager
+writes that message as an `error` point on the node instead of crashing (see `decode`).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, time
+from enum import StrEnum
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from siot.points import DEFAULT_KEY, Point
+
+# Point types that carry one value per key (e.g. `weekday` key "1" = Monday); all others are read
+# from key "0".
+KEYED_POINTS = frozenset(("weekday", "date", "to", "header"))
+
+
+class ConditionType(StrEnum):
+    POINT_VALUE = "pointValue"
+    SCHEDULE = "schedule"
+    OFFLINE = "offline"
+    ANOMALY = "anomaly"
+
+
+class ValueType(StrEnum):
+    NUMBER = "number"
+    ON_OFF = "onOff"
+    TEXT = "text"
+
+
+class ActionType(StrEnum):
+    SET_VALUE = "setValue"
+    NOTIFY = "notify"
+
+
+OPERATORS: dict[ValueType, frozenset[str]] = {
+    ValueType.NUMBER: frozenset((">", ">=", "<", "<=", "=", "!=")),
+    ValueType.ON_OFF: frozenset(("=", "!=", "on", "off")),
+    ValueType.TEXT: frozenset(("=", "!=", "contains")),
+}
+
+
+class _NodeConfig(BaseModel):
+    """Fields every rule node type has. Unknown points (state, other clients' points) are ignored."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    description: str = ""
+    disabled: bool = False
+
+
+class RuleConfig(_NodeConfig):
+    pass
+
+
+def parse_clock_time(text: str) -> time:
+    """'HH:MM' or 'HH:MM:SS' (24 h) -> time; raises ValueError with the bad text."""
+    try:
+        return time.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a clock time HH:MM[:SS]") from None
+
+
+class ConditionConfig(_NodeConfig):
+    """One condition. Which fields matter depends on `conditionType`; durations are seconds."""
+
+    condition_type: ConditionType = Field(ConditionType.POINT_VALUE, alias="conditionType")
+    # pointValue / anomaly: the watched point; offline: the watched node. Blank = rule's parent.
+    node_id: str = Field("", alias="nodeID")
+    point_type: str = Field("", alias="pointType")
+    point_key: str = Field(DEFAULT_KEY, alias="pointKey")
+    value_type: ValueType = Field(ValueType.NUMBER, alias="valueType")
+    operator: str = "="
+    value: Any = None
+    min_active_s: float = Field(0.0, alias="minActive", ge=0)
+    min_inactive_s: float = Field(0.0, alias="minInactive", ge=0)
+    # schedule: a local window [start, end) in `tz`, on the given weekdays (0 = Sunday, as in
+    # Simple IoT) and/or dates. start > end spans midnight; equal or blank means the whole day.
+    start: str = ""
+    end: str = ""
+    weekday: dict[str, bool] = Field(default_factory=dict)
+    date: dict[str, str] = Field(default_factory=dict)
+    tz: str = "UTC"
+    # offline: seconds without a point before the node counts as offline.
+    timeout_s: float = Field(300.0, alias="timeout", gt=0)
+    # anomaly: rolling window (seconds), threshold in standard deviations, samples before judging.
+    window_s: float = Field(3600.0, alias="window", gt=0)
+    threshold: float = Field(3.0, gt=0)
+    min_samples: int = Field(10, alias="minSamples", ge=2)
+
+    @field_validator("point_key", mode="before")
+    @classmethod
+    def _blank_key(cls, v: Any) -> Any:
+        return v or DEFAULT_KEY
+
+    @field_validator("tz")
+    @classmethod
+    def _valid_tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v or "UTC")
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{v}' (use an IANA name such as Europe/Berlin)") from None
+        return v or "UTC"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConditionConfig:
+        kind = self.condition_type
+        if kind in (ConditionType.POINT_VALUE, ConditionType.ANOMALY) and not self.point_type:
+            raise ValueError(f"a {kind} condition needs a pointType")
+        if kind is ConditionType.POINT_VALUE:
+            allowed = OPERATORS[self.value_type]
+            if self.operator not in allowed:
+                raise ValueError(
+                    f"operator '{self.operator}' is not valid for valueType {self.value_type} "
+                    f"(use one of {', '.join(sorted(allowed))})"
+                )
+            if self.value_type is ValueType.NUMBER:
+                self.number_value()
+        if kind is ConditionType.SCHEDULE:
+            for text in (self.start, self.end):
+                if text:
+                    parse_clock_time(text)
+            for key in self.weekday:
+                if key not in {str(d) for d in range(7)}:
+                    raise ValueError(f"weekday key '{key}' must be 0 (Sunday) .. 6 (Saturday)")
+            for text in self.date.values():
+                if text:
+                    try:
+                        date.fromisoformat(text)
+                    except ValueError:
+                        raise ValueError(f"date '{text}' is not YYYY-MM-DD") from None
+        return self
+
+    def number_value(self) -> float:
+        """The comparison value as a float; raises ValueError if it is not a number."""
+        v = self.value
+        if isinstance(v, bool):
+            return float(v)
+        try:
+            result = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"value {v!r} is not a number") from None
+        if math.isnan(result):
+            raise ValueError("value is NaN")
+        return result
+
+
+class ActionConfig(_NodeConfig):
+    """An `action` or `actionInactive` node. `repeatInterval` (s) re-runs it while the rule stays
+    in the state that ran it; 0 = once per transition."""
+
+    action: ActionType = ActionType.NOTIFY
+    # setValue: the node to write (blank = the rule's parent); notify: the msgService node
+    # (blank = every msgService found under the rule's ancestors).
+    node_id: str = Field("", alias="nodeID")
+    point_type: str = Field("", alias="pointType")
+    point_key: str = Field(DEFAULT_KEY, alias="pointKey")
+    # setValue: the value written; notify: an optional message template ({rule}, {node}, {point},
+    # {key}, {value}, {time}).
+    value: Any = None
+    repeat_interval_s: float = Field(0.0, alias="repeatInterval", ge=0)
+
+    @field_validator("point_key", mode="before")
+    @classmethod
+    def _blank_key(cls, v: Any) -> Any:
+        return v or DEFAULT_KEY
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ActionConfig:
+        if self.action is ActionType.SET_VALUE and not self.point_type:
+            raise ValueError("a setValue action needs a pointType")
+        return self
+
+
+def point_fields(points: list[Point]) -> dict[str, Any]:
+    """Fold a node's points into a field map: keyed types become {key: value}, others take key "0".
+
+    Deleted points are skipped, so tombstoning a point restores the field's default.
+    """
+    fields: dict[str, Any] = {}
+    for p in points:
+        if p.deleted:
+            continue
+        if p.type in KEYED_POINTS:
+            fields.setdefault(p.type, {})[p.key] = p.value
+        elif p.key == DEFAULT_KEY:
+            fields[p.type] = p.value
+    return fields
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def decode(model: type[ModelT], points: list[Point]) -> tuple[ModelT | None, str]:
+    """Decode points into `model`. Returns (config, "") or (None, message) — never raises, because a
+    bad config must become an `error` point on its node, not a crash of the manager."""
+    try:
+        return model.model_validate(point_fields(points)), ""
+    except ValidationError as exc:
+        return None, "; ".join(_describe(err) for err in exc.errors())
+
+
+def _describe(err: Any) -> str:
+    where = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__")
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

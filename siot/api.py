@@ -1,0 +1,237 @@
+"""The NATS API (DESIGN §3): the one door through which every change enters the store.
+
+Write subjects never await a commit inside the subscription callback (nats-py runs a
+subscription's callbacks one at a time, so that would serialise everything on commit latency).
+They validate, submit to the store and return; the store's commit listener sends each ack and
+the fan-out, after the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from siot import subjects
+from siot.codec import DEFAULT_MAX_BATCH_POINTS, decode_points, decode_request, encode
+from siot.errors import InvalidInput, SiotError, UnknownNode
+from siot.points import Point
+from siot.store import ROOT_PARENT, Store, Write
+
+logger = logging.getLogger(__name__)
+
+OK_REPLY = encode({"ok": True})
+DEFAULT_HISTORY_LIMIT = 10_000
+MAX_HISTORY_LIMIT = 1_000_000
+SUBSCRIPTION_PENDING_MSGS = 1_000_000
+SUBSCRIPTION_PENDING_BYTES = 512 * 1024 * 1024
+
+
+def node_wire(
+    node_id: str, node_type: str, parent: str, points: list[Point], edge_points: list[Point]
+) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "type": node_type,
+        "parent": parent,
+        "points": [p.to_wire() for p in points],
+        "edgePoints": [p.to_wire() for p in edge_points],
+    }
+
+
+class Api:
+    """Serves the NATS API for one store. `async with Api(nc, store):` subscribes and returns when
+    every subscription is live; leaving unsubscribes (stops intake) but leaves the store open."""
+
+    def __init__(self, nc: NATS, store: Store, *, max_batch_points: int = DEFAULT_MAX_BATCH_POINTS) -> None:
+        self.nc = nc
+        self.store = store
+        self.max_batch_points = max_batch_points
+        self.errors: Counter[str] = Counter()
+        self.accepted_points = 0
+        self._subs: list[Subscription] = []
+        self._remove_listener: Any = None
+
+    async def __aenter__(self) -> Api:
+        self._remove_listener = self.store.add_commit_listener(self._on_commit)
+        limits = {
+            "pending_msgs_limit": SUBSCRIPTION_PENDING_MSGS,
+            "pending_bytes_limit": SUBSCRIPTION_PENDING_BYTES,
+        }
+        self._subs = [
+            await self.nc.subscribe("p.>", cb=self._on_points, **limits),
+            await self.nc.subscribe("nodes.*.*", cb=self._on_nodes),
+            await self.nc.subscribe("history.*", cb=self._on_history),
+            await self.nc.subscribe(subjects.STATS, cb=self._on_stats),
+        ]
+        await self.nc.flush()
+        logger.info("api: serving instance %s", self.store.instance_id)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        if self._remove_listener:
+            self._remove_listener()
+
+    def _count_error(self, node: str, exc: Exception) -> None:
+        self.errors[node] += 1
+        logger.warning("api: rejected input for %s: %s", node or "?", exc)
+
+    async def _reply_error(self, msg: Msg, node: str, exc: Exception) -> None:
+        self._count_error(node, exc)
+        if msg.reply:
+            await self.nc.publish(msg.reply, encode({"error": str(exc)}))
+
+    async def _on_points(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        node = tokens[1] if len(tokens) > 1 else ""
+        try:
+            if len(tokens) not in (2, 3):
+                raise InvalidInput(f"subject {msg.subject!r} must be p.<node> or p.<node>.<parent>")
+            subjects.check_node_token(node)
+            parent = subjects.check_node_token(tokens[2], what="parent id") if len(tokens) == 3 else ""
+            batch = decode_points(msg.data, max_points=self.max_batch_points)
+            self.store.submit(node, batch, parent=parent, reply=msg.reply or None)
+        except InvalidInput as exc:
+            await self._reply_error(msg, node, exc)
+        except SiotError as exc:  # store closing: tell the sender, so it can retry elsewhere
+            await self._reply_error(msg, node, exc)
+
+    async def _on_commit(self, writes: list[Write]) -> None:
+        """Ack every write of a committed group, then fan out what changed."""
+        publish = self.nc.publish
+        fanout: dict[tuple[str, str], list[Point]] = {}
+        for write in writes:
+            if write.error is not None:
+                self._count_error(write.node, write.error)
+                if write.reply:
+                    await publish(write.reply, encode({"error": str(write.error)}))
+                continue
+            if write.reply:
+                await publish(write.reply, OK_REPLY)
+            if write.changed:
+                self.accepted_points += len(write.changed)
+                fanout.setdefault((write.node, write.parent), []).extend(write.changed)
+        tree = self.store.tree
+        for (node, parent), points in fanout.items():
+            targets = {node, ROOT_PARENT} | tree.ancestors(node)
+            if parent:
+                targets.add(parent)
+                targets |= tree.ancestors(parent)
+            payload = encode([p.to_wire() for p in points])
+            for ancestor in targets:
+                await publish(subjects.up(ancestor, node, parent or None), payload)
+
+    async def _respond(self, msg: Msg, node: str, handler: Any) -> None:
+        """Run a request handler and reply with its map, or with {"error"} on bad input."""
+        try:
+            reply = await handler(decode_request(msg.data))
+        except InvalidInput as exc:
+            await self._reply_error(msg, node, exc)
+            return
+        except Exception as exc:
+            logger.exception("api: %s failed", msg.subject)
+            await self._reply_error(msg, node, SiotError(f"internal error: {exc}"))
+            return
+        if msg.reply:
+            await self.nc.publish(msg.reply, encode({"ok": True, **reply}))
+
+    async def _on_nodes(self, msg: Msg) -> None:
+        _, parent, node = msg.subject.split(".")
+        await self._respond(msg, node, lambda req: self._nodes(parent, node, req))
+
+    async def _nodes(self, parent: str, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        tree = self.store.tree
+        want_type = request.get("type") or None
+        include_deleted = bool(request.get("deleted", False))
+        if parent == ROOT_PARENT and node == subjects.ALL:
+            node = self.store.root_id
+        if node == subjects.ALL:
+            if parent != ROOT_PARENT and not tree.has_node(parent):
+                raise UnknownNode(parent)
+            pairs = [(parent, child) for child in sorted(tree.children.get(parent, ()))]
+        elif parent == subjects.ALL:
+            if not tree.has_node(node):
+                raise UnknownNode(node)
+            pairs = [(p, node) for p in sorted(tree.parents.get(node, ()))]
+        else:
+            if tree.edge(parent, node) is None:
+                raise UnknownNode(node, f"no edge from '{parent}'")
+            pairs = [(parent, node)]
+        result = []
+        for edge_parent, child in pairs:
+            state = tree.edge(edge_parent, child)
+            assert state is not None
+            if state.deleted and not include_deleted:
+                continue
+            if want_type and state.node_type != want_type:
+                continue
+            result.append(
+                node_wire(
+                    child,
+                    state.node_type,
+                    edge_parent,
+                    await self.store.node_points(child),
+                    await self.store.edge_points(edge_parent, child),
+                )
+            )
+        return {"nodes": result}
+
+    async def _on_history(self, msg: Msg) -> None:
+        node = msg.subject.split(".", 1)[1]
+        await self._respond(msg, node, lambda req: self._history(node, req))
+
+    async def _history(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        if not self.store.tree.has_node(node):
+            raise UnknownNode(node)
+        fields = {}
+        for name in ("start", "end", "limit"):
+            value = request.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidInput(f"history field '{name}' must be an integer (ns), got {value!r}")
+            fields[name] = value
+        for name in ("type", "key"):
+            if request.get(name) is not None and not isinstance(request[name], str):
+                raise InvalidInput(f"history field '{name}' must be a string")
+        limit = DEFAULT_HISTORY_LIMIT if fields["limit"] is None else fields["limit"]
+        if not 0 < limit <= MAX_HISTORY_LIMIT:
+            raise InvalidInput(f"history limit must be 1..{MAX_HISTORY_LIMIT}")
+        points = await self.store.history(
+            node,
+            type=request.get("type"),
+            key=request.get("key"),
+            start=fields["start"] or 0,
+            end=fields["end"] or time.time_ns() + 86_400 * 10**9,
+            limit=limit,
+        )
+        return {"points": [p.to_wire() for p in points]}
+
+    async def _on_stats(self, msg: Msg) -> None:
+        async def stats(_: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "instance": self.store.instance_id,
+                "lastSeq": self.store.last_seq,
+                "acceptedPoints": self.accepted_points,
+                "errors": dict(self.errors),
+                "nodes": len(self.store.tree.parents),
+            }
+
+        await self._respond(msg, "", stats)
+
+
+async def wait_closed(nc: NATS) -> None:
+    """Drain a connection, ignoring one that is already closed."""
+    if not nc.is_closed:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=5)
+        except Exception:
+            logger.debug("drain failed; closing", exc_info=True)
+            await nc.close()

@@ -1,0 +1,198 @@
+"""App wiring for `siot serve`: broker, NATS connection, store, API and node clients, started in
+that order on one AsyncExitStack and stopped in reverse.
+
+Shutdown order matters: node clients stop first, then the API unsubscribes (no new intake), the
+store commits and acks what is queued (its acks still go out over NATS), NATS drains, and only
+then is nats-server terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+from siot.api import Api, wait_closed
+from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT, Broker, BrokerConfig
+from siot.client import Client
+from siot.store import Store, StoreConfig
+
+logger = logging.getLogger(__name__)
+
+DB_FILE = "siot.db"
+STAGE_TIMEOUT_S = 15.0
+
+
+@dataclass(slots=True)
+class ServeConfig:
+    """Everything `siot serve` needs; the CLI fills it from flags and SIOT_* variables."""
+
+    data_dir: Path
+    instance_id: str | None = None
+    nats_url: str | None = None  # set: use that server, start none
+    nats_host: str = DEFAULT_NATS_HOST
+    nats_port: int = DEFAULT_NATS_PORT
+    monitor_port: int = DEFAULT_MONITOR_PORT
+    mqtt_port: int = 0
+    auth_token: str = ""
+    nats_server_bin: str | None = None
+    synchronous: str = "NORMAL"
+    retention_days: float = 365.0
+    retention_max_rows: int = 20_000_000
+    upstream: str | None = None
+    upstream_parent: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AppContext:
+    """What a node client gets: the config, the store (read-only use), and a client library
+    instance on the daemon's own NATS connection (all writes go through the API)."""
+
+    config: ServeConfig
+    store: Store
+    nc: NATS
+    client: Client
+    broker_url: str
+
+    @property
+    def instance_id(self) -> str:
+        return self.store.instance_id
+
+
+NodeClientFactory = Callable[[AppContext], AbstractAsyncContextManager[Any]]
+
+# Node-type clients started by `siot serve`, in order; each is an async context manager factory.
+NODE_CLIENTS: list[NodeClientFactory] = []
+
+
+def register_node_client(factory: NodeClientFactory) -> NodeClientFactory:
+    """Add a node client to every `siot serve`. Usable as a decorator."""
+    NODE_CLIENTS.append(factory)
+    return factory
+
+
+class App:
+    """One running siot instance. `async with App(config) as app:` returns when it is serving;
+    `await app.run_until_stopped()` serves until SIGINT/SIGTERM or `app.stop()`."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.broker: Broker | None = None
+        self.store: Store | None = None
+        self.api: Api | None = None
+        self.context: AppContext | None = None
+        self._stack = AsyncExitStack()
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> App:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        logger.info("siot: shutting down")
+        try:
+            async with asyncio.timeout(STAGE_TIMEOUT_S * 4):
+                await self._stack.aclose()
+        except TimeoutError:
+            logger.error(
+                "siot: shutdown did not finish in time; tasks still running: %s", asyncio.all_tasks()
+            )
+        logger.info("siot: stopped")
+
+    async def _start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(
+            StoreConfig(
+                path=str(cfg.data_dir / DB_FILE),
+                instance_id=cfg.instance_id,
+                synchronous=cfg.synchronous,
+                retention_days=cfg.retention_days,
+                retention_max_rows=cfg.retention_max_rows,
+            )
+        )
+        url = cfg.nats_url
+        if not url:
+            broker_cfg = BrokerConfig(
+                data_dir=cfg.data_dir / "nats",
+                server_name=f"siot-{cfg.instance_id or 'local'}",
+                host=cfg.nats_host,
+                port=cfg.nats_port,
+                monitor_port=cfg.monitor_port,
+                mqtt_port=cfg.mqtt_port,
+                auth_token=cfg.auth_token,
+                binary=cfg.nats_server_bin,
+            )
+            self.broker = await self._stack.enter_async_context(Broker(broker_cfg))
+            url = broker_cfg.url
+        nc = await nats.connect(
+            url,
+            name="siot-daemon",
+            token=cfg.auth_token or None,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            pending_size=64 * 1024 * 1024,
+            error_cb=_log_nats_error,
+            disconnected_cb=_log_disconnected,
+            reconnected_cb=_log_reconnected,
+        )
+        self._stack.push_async_callback(wait_closed, nc)
+        self.store = await self._stack.enter_async_context(store)
+        self.api = await self._stack.enter_async_context(Api(nc, self.store))
+        client = Client(nc)
+        await client.load_root()
+        self.context = AppContext(config=cfg, store=self.store, nc=nc, client=client, broker_url=url)
+        for factory in NODE_CLIENTS:
+            await self._stack.enter_async_context(factory(self.context))
+        logger.info("siot: instance %s serving on %s, data in %s", self.store.instance_id, url, cfg.data_dir)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        await self._stop.wait()
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    logger.warning("nats: %s", exc)
+
+
+async def _log_disconnected() -> None:
+    logger.warning("nats: disconnected")
+
+
+async def _log_reconnected() -> None:
+    logger.info("nats: reconnected")
+
+
+def run(config: ServeConfig) -> None:
+    """Serve until SIGINT/SIGTERM; uses uvloop when it is installed."""
+
+    async def main() -> None:
+        async with App(config) as app:
+            await app.run_until_stopped()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

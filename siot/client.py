@@ -1,0 +1,308 @@
+"""The client library: what devices, the CLI and node clients use to talk to a siot instance.
+
+Example::
+
+    async with await Client.connect("nats://127.0.0.1:4222") as siot:
+        sensor = await siot.create_node(siot.root_id, "device", [Point("description", "soil 3")])
+        await siot.send_points(sensor, [Point("humidity", 29.5)])      # returns after commit
+        async with siot.changes(sensor) as changes:
+            async for change in changes:
+                print(change.node, change.points)
+
+Every method that writes waits for the store's acknowledgement (the points are committed) unless
+`ack=False`. A `{"error": ...}` reply raises `RequestFailed` with the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from siot import subjects
+from siot.codec import decode_reply, decode_trusted_points, encode, point_from_wire
+from siot.errors import RequestFailed
+from siot.points import Point
+from siot.store.tree import NODE_TYPE, TOMBSTONE
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_TIMEOUT_S = 10.0
+HISTORY_END_NS = 2**63 - 1
+
+
+@dataclass(slots=True)
+class NodeInfo:
+    """A node as seen under one parent: its points and the points of that edge."""
+
+    id: str
+    type: str
+    parent: str
+    points: list[Point] = field(default_factory=list)
+    edge_points: list[Point] = field(default_factory=list)
+
+    def value(self, type: str, key: str = "0", default: Any = None) -> Any:
+        for p in self.points:
+            if p.type == type and p.key == key and not p.deleted:
+                return p.value
+        return default
+
+    def edge_value(self, type: str, key: str = "0", default: Any = None) -> Any:
+        for p in self.edge_points:
+            if p.type == type and p.key == key:
+                return p.value
+        return default
+
+    @property
+    def description(self) -> str:
+        return str(self.value("description", default="") or "")
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.edge_value(TOMBSTONE, default=0))
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> NodeInfo:
+        return cls(
+            id=raw["id"],
+            type=raw["type"],
+            parent=raw["parent"],
+            points=[point_from_wire(p) for p in raw.get("points", [])],
+            edge_points=[point_from_wire(p) for p in raw.get("edgePoints", [])],
+        )
+
+
+@dataclass(slots=True)
+class TreeNode:
+    node: NodeInfo
+    children: list[TreeNode] = field(default_factory=list)
+
+
+@dataclass(slots=True, frozen=True)
+class Change:
+    """Points committed for `node` (edge points of parent -> node when `parent` is set)."""
+
+    node: str
+    parent: str | None
+    points: list[Point]
+
+
+class Changes:
+    """Live committed changes under a node: an async context manager and iterator.
+
+    The subscription is live when `__aenter__` returns, so nothing committed after that is missed.
+    """
+
+    def __init__(self, nc: NATS, node: str, max_pending: int) -> None:
+        self._nc = nc
+        self._node = node
+        self._queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=max_pending)
+        self._sub: Any = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        parent = tokens[3] if len(tokens) > 3 else None
+        change = Change(node=tokens[2], parent=parent, points=decode_trusted_points(msg.data))
+        await self._queue.put(change)
+
+    async def __aenter__(self) -> Changes:
+        self._sub = await self._nc.subscribe(subjects.up_all(self._node), cb=self._on_msg)
+        await self._nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+    def __aiter__(self) -> Changes:
+        return self
+
+    async def __anext__(self) -> Change:
+        return await self._queue.get()
+
+    async def get(self) -> Change:
+        return await self._queue.get()
+
+
+class Client:
+    """A connection to one siot instance. Build it with `await Client.connect(url)` (it owns and
+    closes the NATS connection) or `Client(nc)` around a connection you own."""
+
+    def __init__(
+        self, nc: NATS, *, timeout_s: float = DEFAULT_TIMEOUT_S, owns_connection: bool = False
+    ) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+        self._owns = owns_connection
+        self._root_id: str | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        name: str = "siot-client",
+        token: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        reconnect_forever: bool = True,
+        **options: Any,
+    ) -> Client:
+        """Connect to the NATS server of a siot instance. Reconnects forever unless told not to."""
+        if reconnect_forever:
+            options.setdefault("max_reconnect_attempts", -1)
+        options.setdefault("reconnect_time_wait", 0.5)
+        nc = await nats.connect(url, name=name, token=token or None, connect_timeout=timeout_s, **options)
+        return cls(nc, timeout_s=timeout_s, owns_connection=True)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def request(self, subject: str, payload: bytes) -> dict[str, Any]:
+        """Send a request and return the reply map; `{"error"}` raises `RequestFailed`."""
+        try:
+            msg = await self.nc.request(subject, payload, timeout=self.timeout_s)
+        except NoRespondersError as exc:
+            raise RequestFailed(f"no siot instance answers on {subject}") from exc
+        except NatsTimeout as exc:
+            raise RequestFailed(f"no reply on {subject} within {self.timeout_s} s") from exc
+        reply = decode_reply(msg.data)
+        if "error" in reply:
+            raise RequestFailed(str(reply["error"]))
+        return reply
+
+    # ---- writes ----
+
+    async def send_points(self, node: str, points: Sequence[Point], *, ack: bool = True) -> None:
+        await self._send(subjects.points(node), points, ack)
+
+    async def send_edge_points(
+        self, node: str, parent: str, points: Sequence[Point], *, ack: bool = True
+    ) -> None:
+        await self._send(subjects.points(node, parent), points, ack)
+
+    async def _send(self, subject: str, points: Sequence[Point], ack: bool) -> None:
+        payload = encode([p.to_wire() for p in points])
+        if ack:
+            await self.request(subject, payload)
+        else:
+            await self.nc.publish(subject, payload)
+
+    async def create_node(
+        self, parent: str, node_type: str, points: Sequence[Point] = (), *, node_id: str | None = None
+    ) -> str:
+        """Create a node under `parent` (the edge first, then its points); return its id."""
+        node_id = node_id or str(uuid.uuid4())
+        await self.send_edge_points(node_id, parent, [Point(NODE_TYPE, node_type), Point(TOMBSTONE, 0)])
+        if points:
+            await self.send_points(node_id, points)
+        return node_id
+
+    async def delete_node(self, node: str, parent: str) -> None:
+        await self.send_edge_points(node, parent, [Point(TOMBSTONE, 1)])
+
+    async def undelete_node(self, node: str, parent: str) -> None:
+        await self.send_edge_points(node, parent, [Point(TOMBSTONE, 0)])
+
+    async def mirror_node(self, node: str, new_parent: str) -> None:
+        """Make `node` also appear under `new_parent` (a DAG); it keeps its other parents."""
+        info = await self.get_node(node)
+        await self.send_edge_points(node, new_parent, [Point(NODE_TYPE, info.type), Point(TOMBSTONE, 0)])
+
+    async def move_node(self, node: str, old_parent: str, new_parent: str) -> None:
+        """Add the new edge before deleting the old, so the node is never without a parent."""
+        await self.mirror_node(node, new_parent)
+        await self.delete_node(node, old_parent)
+
+    # ---- reads ----
+
+    async def nodes(
+        self, parent: str, node: str = subjects.ALL, *, type: str | None = None, deleted: bool = False
+    ) -> list[NodeInfo]:
+        request: dict[str, Any] = {"deleted": deleted}
+        if type:
+            request["type"] = type
+        reply = await self.request(subjects.nodes(parent, node), encode(request))
+        return [NodeInfo.from_wire(n) for n in reply["nodes"]]
+
+    async def root(self) -> NodeInfo:
+        return (await self.nodes(subjects.ROOT, subjects.ALL))[0]
+
+    @property
+    def root_id(self) -> str:
+        if self._root_id is None:
+            raise RuntimeError("call `await client.load_root()` (or root()) before using root_id")
+        return self._root_id
+
+    async def load_root(self) -> str:
+        self._root_id = (await self.root()).id
+        return self._root_id
+
+    async def get_node(self, node: str, *, deleted: bool = True) -> NodeInfo:
+        """The node under its first parent (live parents first)."""
+        found = await self.nodes(subjects.ALL, node, deleted=deleted)
+        if not found:
+            raise RequestFailed(f"node '{node}' has no parent edge")
+        found.sort(key=lambda n: n.deleted)
+        return found[0]
+
+    async def children(
+        self, parent: str, *, type: str | None = None, deleted: bool = False
+    ) -> list[NodeInfo]:
+        return await self.nodes(parent, subjects.ALL, type=type, deleted=deleted)
+
+    async def tree(self, node: str | None = None, *, deleted: bool = False) -> TreeNode:
+        """The subtree at `node` (default: the root), each node once even in a DAG."""
+        top = await self.root() if node is None else await self.get_node(node)
+        seen = {top.id}
+
+        async def expand(tree_node: TreeNode) -> None:
+            for child in await self.children(tree_node.node.id, deleted=deleted):
+                if child.id in seen:
+                    continue
+                seen.add(child.id)
+                sub = TreeNode(child)
+                tree_node.children.append(sub)
+                await expand(sub)
+
+        result = TreeNode(top)
+        await expand(result)
+        return result
+
+    async def history(
+        self,
+        node: str,
+        type: str | None = None,
+        key: str | None = None,
+        *,
+        start_ns: int = 0,
+        end_ns: int = HISTORY_END_NS,
+        limit: int = 10_000,
+    ) -> list[Point]:
+        request = {"type": type, "key": key, "start": start_ns, "end": end_ns, "limit": limit}
+        reply = await self.request(subjects.history(node), encode(request))
+        return [point_from_wire(p) for p in reply["points"]]
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.request(subjects.STATS, b"")
+
+    def changes(self, node: str = subjects.ROOT, *, max_pending: int = 100_000) -> Changes:
+        """Committed changes at and under `node` (default: everything), from now on."""
+        return Changes(self.nc, node, max_pending)
+
+
+__all__ = ["Change", "Changes", "Client", "NodeInfo", "TreeNode"]

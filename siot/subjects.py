@@ -1,0 +1,43 @@
+"""Subject names of the wire contract (DESIGN §3), built and parsed in one place."""
+
+from __future__ import annotations
+
+from siot.errors import InvalidSubject
+
+ROOT = "root"
+ALL = "all"
+MAX_TOKEN_BYTES = 256
+_ILLEGAL = frozenset(".*> \t\r\n")
+
+
+def check_node_token(token: str, *, what: str = "node id") -> str:
+    """A node id used as a subject token must be non-empty, short and free of . * > and spaces."""
+    if not token:
+        raise InvalidSubject(f"empty {what}")
+    if len(token.encode()) > MAX_TOKEN_BYTES or _ILLEGAL.intersection(token):
+        raise InvalidSubject(f"illegal {what} {token[:64]!r}")
+    return token
+
+
+def points(node: str, parent: str | None = None) -> str:
+    return f"p.{node}.{parent}" if parent else f"p.{node}"
+
+
+def up(ancestor: str, node: str, parent: str | None = None) -> str:
+    return f"up.{ancestor}.{node}.{parent}" if parent else f"up.{ancestor}.{node}"
+
+
+def up_all(ancestor: str) -> str:
+    """Everything committed under (and at) `ancestor`."""
+    return f"up.{ancestor}.>"
+
+
+def nodes(parent: str, node: str) -> str:
+    return f"nodes.{parent}.{node}"
+
+
+def history(node: str) -> str:
+    return f"history.{node}"
+
+
+STATS = "siot.stats"
