@@ -1,0 +1,168 @@
+"""The node-client manager (Simple IoT's client-manager pattern): one manager per node type.
+
+It finds every live node of its type in the tree, decodes the node's points into a typed
+pydantic config, runs one `NodeRunner` per node, passes later point changes on, and stops the
+runner when the node is deleted. Config errors become an `error` point on the node, never a crash.
+
+Writes from runners go through the API like everyone else's, with `origin` set to the node id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import pydantic
+
+from siot.app import AppContext
+from siot.client import Change, Changes, NodeInfo
+from siot.errors import SiotError
+from siot.points import Point
+from siot.store.tree import NODE_TYPE, TOMBSTONE
+
+logger = logging.getLogger(__name__)
+
+ConfigT = TypeVar("ConfigT", bound=pydantic.BaseModel)
+
+
+def points_to_fields(points: list[Point]) -> dict[str, Any]:
+    """Map node points to model fields: key "0" gives `type: value`; other keys give
+    `type: {key: value}` (Simple IoT's arrays/maps). Deleted points are left out."""
+    fields: dict[str, Any] = {}
+    keyed: dict[str, dict[str, Any]] = {}
+    for p in points:
+        if p.deleted:
+            continue
+        if p.key == "0":
+            fields[p.type] = p.value
+        else:
+            keyed.setdefault(p.type, {})[p.key] = p.value
+    for ptype, values in keyed.items():
+        fields.setdefault(ptype, values)
+    return fields
+
+
+def decode_config(model: type[ConfigT], node: NodeInfo) -> ConfigT:
+    """Build the typed config of a node; raise `pydantic.ValidationError` when points are wrong."""
+    return model.model_validate({"id": node.id, "parent": node.parent, **points_to_fields(node.points)})
+
+
+class NodeRunner(Protocol[ConfigT]):
+    """One running node. `start` returns once it is working; `update` gets every new config;
+    `stop` must release everything (tasks, sockets) before it returns."""
+
+    async def start(self) -> None: ...
+
+    async def update(self, config: ConfigT, change: Change | None) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+RunnerFactory = Callable[[AppContext, ConfigT], NodeRunner[ConfigT]]
+
+
+class NodeManager(Generic[ConfigT]):
+    """Runs a `NodeRunner` for every live node of `node_type`. Use as an async context manager;
+    on enter, runners for existing nodes have started; on exit, all have stopped."""
+
+    def __init__(
+        self, ctx: AppContext, node_type: str, model: type[ConfigT], factory: RunnerFactory[ConfigT]
+    ) -> None:
+        self.ctx = ctx
+        self.node_type = node_type
+        self.model = model
+        self.factory = factory
+        self.runners: dict[str, NodeRunner[ConfigT]] = {}
+        self._changes: Changes | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> NodeManager[ConfigT]:
+        self._changes = await self.ctx.client.changes().__aenter__()
+        tree = self.ctx.store.tree
+        for (_parent, node), state in list(tree.edges.items()):
+            if state.node_type == self.node_type and tree.live_parents(node) and node not in self.runners:
+                await self._refresh(node, None)
+        self._task = asyncio.create_task(self._follow(), name=f"{self.node_type} manager")
+        logger.info("%s manager: %d node(s) running", self.node_type, len(self.runners))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._changes:
+            await self._changes.__aexit__(None, None, None)
+        for node in list(self.runners):
+            await self._stop(node)
+
+    async def _follow(self) -> None:
+        assert self._changes is not None
+        async for change in self._changes:
+            try:
+                await self._on_change(change)
+            except Exception:
+                logger.exception("%s manager: change for %s failed", self.node_type, change.node)
+
+    def _is_ours(self, node: str) -> bool:
+        return self.ctx.store.tree.node_type(node) == self.node_type
+
+    async def _on_change(self, change: Change) -> None:
+        node = change.node
+        if not self._is_ours(node):
+            return
+        if change.parent is not None:
+            if any(p.type in (TOMBSTONE, NODE_TYPE) for p in change.points):
+                if self.ctx.store.tree.live_parents(node):
+                    await self._refresh(node, None)
+                else:
+                    await self._stop(node)
+            return
+        if self._own_echo(node, change):
+            return
+        await self._refresh(node, change)
+
+    @staticmethod
+    def _own_echo(node: str, change: Change) -> bool:
+        """Points the runner wrote itself (origin = its node id) do not reconfigure it."""
+        return all(p.origin == node for p in change.points)
+
+    async def _refresh(self, node: str, change: Change | None) -> None:
+        try:
+            info = await self.ctx.client.get_node(node, deleted=False)
+        except SiotError:
+            await self._stop(node)
+            return
+        try:
+            config = decode_config(self.model, info)
+        except pydantic.ValidationError as exc:
+            await self.report_error(node, f"invalid config: {_short(exc)}")
+            await self._stop(node)
+            return
+        runner = self.runners.get(node)
+        if runner is None:
+            runner = self.factory(self.ctx, config)
+            self.runners[node] = runner
+            await runner.start()
+            logger.info("%s manager: started %s", self.node_type, node)
+        else:
+            await runner.update(config, change)
+
+    async def _stop(self, node: str) -> None:
+        runner = self.runners.pop(node, None)
+        if runner is not None:
+            await runner.stop()
+            logger.info("%s manager: stopped %s", self.node_type, node)
+
+    async def report_error(self, node: str, message: str) -> None:
+        """Record an error on the node as an `error` point written with the node as origin."""
+        logger.warning("%s %s: %s", self.node_type, node, message)
+        with contextlib.suppress(SiotError):
+            await self.ctx.client.send_points(node, [Point("error", message, origin=node)])
+
+
+def _short(exc: pydantic.ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -1,0 +1,105 @@
+"""The node-client manager inside a real in-process App (real nats-server, real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pydantic
+import pytest
+from support import free_port
+
+from siot.app import App, AppContext, ServeConfig
+from siot.client import Change
+from siot.nodes.manager import NodeManager, points_to_fields
+from siot.points import Point
+
+
+class GreeterConfig(pydantic.BaseModel):
+    id: str
+    parent: str
+    description: str = ""
+    greeting: str
+    repeat: int = 1
+
+
+class Greeter:
+    """Writes `said` = greeting * repeat on start and on every update."""
+
+    events: asyncio.Queue[tuple[str, str]]
+
+    def __init__(self, ctx: AppContext, config: GreeterConfig) -> None:
+        self.ctx = ctx
+        self.config = config
+
+    async def _say(self) -> None:
+        said = self.config.greeting * self.config.repeat
+        await self.ctx.client.send_points(self.config.id, [Point("said", said, origin=self.config.id)])
+        await Greeter.events.put(("said", said))
+
+    async def start(self) -> None:
+        await self._say()
+
+    async def update(self, config: GreeterConfig, change: Change | None) -> None:
+        self.config = config
+        await self._say()
+
+    async def stop(self) -> None:
+        await Greeter.events.put(("stopped", self.config.id))
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[App]:
+    config = ServeConfig(data_dir=tmp_path / "data", nats_port=free_port(), monitor_port=0)
+    async with App(config) as running:
+        yield running
+
+
+@asynccontextmanager
+async def greeter_manager(ctx: AppContext) -> AsyncIterator[NodeManager[GreeterConfig]]:
+    async with NodeManager(ctx, "greeter", GreeterConfig, Greeter) as manager:
+        yield manager
+
+
+async def next_event() -> tuple[str, str]:
+    async with asyncio.timeout(5):
+        return await Greeter.events.get()
+
+
+async def test_manager_starts_updates_and_stops_runners(app: App) -> None:
+    Greeter.events = asyncio.Queue()
+    ctx = app.context
+    assert ctx is not None
+    client = ctx.client
+    existing = await client.create_node(client.root_id, "greeter", [Point("greeting", "hi")])
+    async with greeter_manager(ctx) as manager:
+        assert await next_event() == ("said", "hi")  # found at start
+        assert list(manager.runners) == [existing]
+        new = await client.create_node(client.root_id, "greeter", [Point("greeting", "yo")])
+        assert await next_event() == ("said", "yo")  # created later
+        await client.send_points(new, [Point("repeat", 3)])
+        assert await next_event() == ("said", "yoyoyo")  # reconfigured, own echo ignored
+        await client.delete_node(new, client.root_id)
+        assert await next_event() == ("stopped", new)
+        broken = await client.create_node(client.root_id, "greeter", [Point("repeat", "x")])
+        async with client.changes(broken) as changes:
+            while True:
+                change = await asyncio.wait_for(changes.get(), 5)
+                error = [p for p in change.points if p.type == "error"]
+                if error:
+                    break
+        assert "greeting" in error[0].value and error[0].origin == broken
+        assert broken not in manager.runners
+    assert await next_event() == ("stopped", existing)
+
+
+def test_points_to_fields_keys_and_tombstones() -> None:
+    points = [
+        Point("a", 1),
+        Point("tag", "x", key="color"),
+        Point("tag", "y", key="size"),
+        Point("gone", 5, tombstone=1),
+    ]
+    assert points_to_fields(points) == {"a": 1, "tag": {"color": "x", "size": "y"}}
