@@ -1,0 +1,105 @@
+"""Store behaviour on a real SQLite file: restart, identity, retention, schema, tree merge."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from siot.errors import SiotError, UnknownNode
+from siot.points import Point
+from siot.store import Store, StoreConfig
+from siot.store.schema import MIGRATIONS
+
+
+async def make_node(store: Store, node: str = "n1", parent: str | None = None) -> str:
+    await store.submit(node, [Point("nodeType", "device", time=1)], parent=parent or store.root_id)
+    return node
+
+
+async def test_restart_keeps_identity_tree_and_log(db_path: str) -> None:
+    async with Store(StoreConfig(path=db_path)) as store:
+        first_id = store.instance_id
+        await make_node(store)
+        await store.submit("n1", [Point("v", 1, time=5)])
+        last = store.last_seq
+    async with Store(StoreConfig(path=db_path)) as store:
+        assert store.instance_id == first_id
+        assert store.tree.has_node("n1") and store.tree.node_type("n1") == "device"
+        assert store.last_seq == last
+        await store.submit("n1", [Point("v", 2, time=6)])
+        assert store.last_seq == last + 1
+        # the root is created once, with the hostname description
+        root_points = await store.node_points(store.root_id)
+        assert [p.type for p in root_points] == ["description"]
+
+
+async def test_explicit_id_must_match_database(db_path: str) -> None:
+    async with Store(StoreConfig(path=db_path, instance_id="edge-1")):
+        pass
+    with pytest.raises(SiotError, match="belongs to instance 'edge-1'"):
+        async with Store(StoreConfig(path=db_path, instance_id="edge-2")):
+            pass
+
+
+async def test_schema_is_versioned(store: Store, db_path: str) -> None:
+    with sqlite3.connect(db_path) as db:
+        names = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY name")]
+    assert names == [name for name, _ in MIGRATIONS]
+
+
+async def test_group_commit_acks_every_write_and_orders_log(store: Store) -> None:
+    await make_node(store)
+    futures = [store.submit("n1", [Point("v", i, time=100 + i)]) for i in range(500)]
+    results = await asyncio.gather(*futures)
+    assert all(len(changed) == 1 for changed in results)
+    history = await store.history("n1", type="v", key=None, start=0, end=2**62, limit=1000)
+    assert [p.value for p in history] == list(range(500))
+
+
+async def test_failed_write_does_not_block_others_in_the_group(store: Store) -> None:
+    await make_node(store)
+    good = store.submit("n1", [Point("v", 1)])
+    bad = store.submit("ghost", [Point("v", 1)])
+    good2 = store.submit("n1", [Point("w", 2)])
+    assert len(await good) == 1 and len(await good2) == 1
+    with pytest.raises(UnknownNode):
+        await bad
+
+
+async def test_edge_tombstone_follows_merge_rule(store: Store) -> None:
+    await make_node(store)
+    await store.submit("n1", [Point("tombstone", 1, time=50)], parent=store.root_id)
+    assert store.tree.edge(store.root_id, "n1").deleted
+    await store.submit("n1", [Point("tombstone", 0, time=40)], parent=store.root_id)  # older: ignored
+    assert store.tree.edge(store.root_id, "n1").deleted
+    await store.submit("n1", [Point("tombstone", 0, time=60)], parent=store.root_id)
+    assert not store.tree.edge(store.root_id, "n1").deleted
+
+
+async def test_retention_by_age_and_rows(db_path: str) -> None:
+    config = StoreConfig(path=db_path, retention_days=1, retention_max_rows=1_000_000)
+    async with Store(config) as store:
+        await make_node(store)
+        day_ns = 86_400 * 10**9
+        now = 100 * day_ns
+        await store.submit("n1", [Point("v", i, time=now - 3 * day_ns + i) for i in range(10)])
+        await store.submit("n1", [Point("w", i, time=now - 1000 + i) for i in range(10)])
+        removed = await store.prune_log(now_ns=now)
+        assert removed == 10 + 1  # the old v values and the edge entry stamped at time 1
+        left = await store.history("n1", type=None, key=None, start=0, end=2**62, limit=100)
+        assert [p.type for p in left] == ["w"] * 10
+        store.config.retention_max_rows = 4
+        await store.prune_log(now_ns=now)
+        left = await store.history("n1", type=None, key=None, start=0, end=2**62, limit=100)
+        assert [p.value for p in left] == [6, 7, 8, 9]
+        # current values are not touched by retention
+        assert {p.type for p in await store.node_points("n1")} == {"v", "w"}
+
+
+async def test_full_sync_mode_is_selectable(tmp_path) -> None:
+    async with Store(StoreConfig(path=str(tmp_path / "f.db"), synchronous="full")) as store:
+        await make_node(store)
+    with pytest.raises(ValueError, match="NORMAL or FULL"):
+        Store(StoreConfig(path=str(tmp_path / "g.db"), synchronous="OFF"))
