@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -31,6 +32,10 @@ DEFAULT_HISTORY_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 1_000_000
 SUBSCRIPTION_PENDING_MSGS = 1_000_000
 SUBSCRIPTION_PENDING_BYTES = 512 * 1024 * 1024
+
+# Checks a decoded batch before it is stored: (node, parent, points); raises `InvalidInput`
+# (usually `InvalidPoint`) to refuse the whole batch. Runs on the hot path: keep it cheap.
+Validator = Callable[[str, str, list[Point]], None]
 
 
 def node_wire(
@@ -57,6 +62,13 @@ class Api:
         self.accepted_points = 0
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
+        self._validators: list[Validator] = []
+
+    def add_validator(self, validator: Validator) -> Callable[[], None]:
+        """Check every batch on `p.*` before it is stored (e.g. data models); a refusal is replied
+        and counted like any bad input. Returns the function that removes the validator."""
+        self._validators.append(validator)
+        return lambda: self._validators.remove(validator)
 
     async def __aenter__(self) -> Api:
         self._remove_listener = self.store.add_commit_listener(self._on_commit)
@@ -99,6 +111,8 @@ class Api:
             subjects.check_node_token(node)
             parent = subjects.check_node_token(tokens[2], what="parent id") if len(tokens) == 3 else ""
             batch = decode_points(msg.data, max_points=self.max_batch_points)
+            for validate in self._validators:
+                validate(node, parent, batch)
             self.store.submit(node, batch, parent=parent, reply=msg.reply or None)
         except InvalidInput as exc:
             await self._reply_error(msg, node, exc)

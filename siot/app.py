@@ -55,14 +55,16 @@ class ServeConfig:
 
 @dataclass(slots=True)
 class AppContext:
-    """What a node client gets: the config, the store (read-only use), and a client library
-    instance on the daemon's own NATS connection (all writes go through the API)."""
+    """What a node client gets: the config, the store (read-only use), a client library
+    instance on the daemon's own NATS connection (all writes go through the API), and the API
+    itself (to hook validators onto the ingest path)."""
 
     config: ServeConfig
     store: Store
     nc: NATS
     client: Client
     broker_url: str
+    api: Api
 
     @property
     def instance_id(self) -> str:
@@ -155,7 +157,9 @@ class App:
         self.api = await self._stack.enter_async_context(Api(nc, self.store))
         client = Client(nc)
         await client.load_root()
-        self.context = AppContext(config=cfg, store=self.store, nc=nc, client=client, broker_url=url)
+        self.context = AppContext(
+            config=cfg, store=self.store, nc=nc, client=client, broker_url=url, api=self.api
+        )
         for factory in NODE_CLIENTS:
             await self._stack.enter_async_context(factory(self.context))
         logger.info("siot: instance %s serving on %s, data in %s", self.store.instance_id, url, cfg.data_dir)
