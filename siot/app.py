@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 from collections.abc import Callable
@@ -81,6 +82,18 @@ def register_node_client(factory: NodeClientFactory) -> NodeClientFactory:
     """Add a node client to every `siot serve`. Usable as a decorator."""
     NODE_CLIENTS.append(factory)
     return factory
+
+
+# Modules whose import registers their node clients (@register_node_client), in start order.
+# Imported when an App starts, not here, because they import this module. Data models come
+# before ingest so the validator is in place before ingest sends its first point.
+NODE_CLIENT_MODULES: list[str] = ["siot.nodes.models", "siot.nodes.ingest", "siot.nodes.archive"]
+NODE_CLIENT_MODULES.append("siot.nodes.rules.manager")  # rules start last: they act on the others
+
+
+def load_node_clients() -> None:
+    for name in NODE_CLIENT_MODULES:
+        importlib.import_module(name)
 
 
 class App:
@@ -160,6 +173,7 @@ class App:
         self.context = AppContext(
             config=cfg, store=self.store, nc=nc, client=client, broker_url=url, api=self.api
         )
+        load_node_clients()
         for factory in NODE_CLIENTS:
             await self._stack.enter_async_context(factory(self.context))
         logger.info("siot: instance %s serving on %s, data in %s", self.store.instance_id, url, cfg.data_dir)

@@ -1,0 +1,117 @@
+"""One running `archive` node: every message on its filter goes to the day files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from siot.app import AppContext
+from siot.client import Change
+from siot.errors import InvalidInput
+from siot.nodes.archive.writer import ArchiveWriter
+from siot.nodes.ingest.topics import topic_filter_to_subjects
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_NODE_TYPE = "archive"
+ARCHIVE_DIR = "archive"
+DEFAULT_RETENTION_DAYS = 30.0
+FLUSH_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 3600.0
+
+
+class ArchiveConfig(BaseModel):
+    """`subject` (NATS filter) or `topic` (MQTT filter), and how many days of files to keep."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    id: str
+    parent: str
+    description: str = ""
+    disabled: bool = False
+    subject: str = ""
+    topic: str = ""
+    retention_days: float = Field(DEFAULT_RETENTION_DAYS, alias="retentionDays", gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ArchiveConfig:
+        if bool(self.topic) == bool(self.subject):
+            raise ValueError("set exactly one of 'subject' (NATS filter) or 'topic' (MQTT filter)")
+        try:
+            self.subjects  # noqa: B018 (validates the topic filter)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def subjects(self) -> list[str]:
+        return topic_filter_to_subjects(self.topic) if self.topic else [self.subject]
+
+
+class ArchiveRunner:
+    """Files live in `<data>/archive/`, shared by every archive node (one file per subject and
+    day, so two nodes with overlapping filters write the same message twice)."""
+
+    def __init__(self, ctx: AppContext, config: ArchiveConfig, *, root: Path | None = None) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.writer = ArchiveWriter(root or ctx.config.data_dir / ARCHIVE_DIR)
+        self._subs: list[Subscription] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.writer.prune(self.config.retention_days)
+        if not self.config.disabled:
+            for subject in self.config.subjects:
+                self._subs.append(await self.ctx.nc.subscribe(subject, cb=self._on_msg))
+            await self.ctx.nc.flush()
+        self._task = asyncio.create_task(self._housekeeping(), name=f"archive {self.config.id}")
+        logger.info("archive %s: %s -> %s", self.config.id, ", ".join(self.config.subjects), self.writer.root)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            self.writer.write(msg.subject, msg.data)
+        except OSError:
+            logger.exception("archive %s: cannot write %s", self.config.id, msg.subject)
+
+    async def _housekeeping(self) -> None:
+        """Flush every second; apply retention every hour (files rotate by themselves by day)."""
+        since_prune_s = 0.0
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            since_prune_s += FLUSH_INTERVAL_S
+            try:
+                self.writer.flush()
+                if since_prune_s >= PRUNE_INTERVAL_S:
+                    since_prune_s = 0.0
+                    self.writer.prune(self.config.retention_days)
+            except OSError:
+                logger.exception("archive %s: housekeeping failed", self.config.id)
+
+    async def update(self, config: ArchiveConfig, change: Change | None) -> None:
+        restart = (config.subjects, config.disabled) != (self.config.subjects, self.config.disabled)
+        if restart:
+            await self.stop()
+            self.config = config
+            await self.start()
+        else:
+            self.config = config
+            self.writer.prune(config.retention_days)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,65 @@
+"""The typed config of an `ingest` node, decoded from its points by the node manager."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from siot.errors import InvalidInput
+from siot.nodes.ingest.topics import check_not_reserved, topic_filter_to_subjects
+
+INGEST_NODE_TYPE = "ingest"
+DEFAULT_DEVICE_TYPE = "device"
+
+
+class TimeUnit(StrEnum):
+    AUTO = "auto"  # numbers by magnitude (s, ms, µs, ns), strings as RFC 3339
+    S = "s"
+    MS = "ms"
+    US = "us"
+    NS = "ns"
+    RFC3339 = "rfc3339"
+
+
+class IngestConfig(BaseModel):
+    """How to turn JSON messages on `topic` (MQTT filter) or `subject` (NATS filter) into points.
+
+    Keyed points: `field` key=<JSON field> value=<point type> (when any is set, only those fields
+    are taken; otherwise every number, bool and string field, by its own name); `tag`
+    key=<name> value=<anything> (static metadata copied onto every device as `tag` points).
+    """
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    id: str
+    parent: str
+    description: str = ""
+    disabled: bool = False
+    topic: str = ""
+    subject: str = ""
+    device_field: str = Field("", alias="deviceField")
+    device_topic_level: int | None = Field(None, alias="deviceTopicLevel")
+    field_map: dict[str, str] = Field(default_factory=dict, alias="field")
+    time_field: str = Field("", alias="timeField")
+    time_unit: TimeUnit = Field(TimeUnit.AUTO, alias="timeUnit")
+    tags: dict[str, Any] = Field(default_factory=dict, alias="tag")
+    device_model: str = Field("", alias="deviceModel")
+    device_type: str = Field(DEFAULT_DEVICE_TYPE, alias="deviceType")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> IngestConfig:
+        if bool(self.topic) == bool(self.subject):
+            raise ValueError("set exactly one of 'topic' (MQTT filter) or 'subject' (NATS filter)")
+        try:
+            for subject in self.subjects:
+                check_not_reserved(subject)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def subjects(self) -> list[str]:
+        """The NATS subjects to subscribe to."""
+        return topic_filter_to_subjects(self.topic) if self.topic else [self.subject]

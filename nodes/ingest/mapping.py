@@ -1,0 +1,113 @@
+"""Turn one device message (JSON or msgpack object) into a device name and its points.
+
+Pure functions, so the mapping rules are tested without a broker. Errors are `InvalidInput`
+with a message fit for the ingest node's `error` point.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from siot.codec import decode_any, parse_rfc3339_ns
+from siot.errors import InvalidInput, InvalidPoint
+from siot.nodes.ingest.config import IngestConfig, TimeUnit
+from siot.nodes.ingest.topics import subject_to_levels
+from siot.points import MAX_TOKEN_BYTES, Point
+
+_ILLEGAL_TYPE_CHARS = re.compile(r"[.*>\s]")
+_UNIT_NS = {TimeUnit.S: 10**9, TimeUnit.MS: 10**6, TimeUnit.US: 10**3, TimeUnit.NS: 1}
+
+
+@dataclass(slots=True, frozen=True)
+class Mapped:
+    """One device's reading: which device (by name) and its points."""
+
+    device: str
+    points: list[Point]
+
+
+def point_type_for(name: str) -> str:
+    """A JSON field name made into a legal point type (illegal characters become `_`)."""
+    return _ILLEGAL_TYPE_CHARS.sub("_", name)[:MAX_TOKEN_BYTES] or "_"
+
+
+def parse_time_ns(value: Any, unit: TimeUnit) -> int:
+    """A device timestamp as ns since the epoch. Numbers are taken in `unit` (auto: by
+    magnitude); strings are RFC 3339, a time without an offset is taken as UTC."""
+    if isinstance(value, bool):
+        raise InvalidPoint(f"not a timestamp: {value!r}", field="time")
+    if isinstance(value, str) and unit is not TimeUnit.RFC3339:
+        try:
+            value = float(value) if "." in value else int(value)
+        except ValueError:
+            pass
+    if isinstance(value, int | float):
+        if unit in (TimeUnit.AUTO, TimeUnit.RFC3339):
+            magnitude = abs(value)
+            scale = (
+                10**9 if magnitude < 1e11 else 10**6 if magnitude < 1e14 else 10**3 if magnitude < 1e17 else 1
+            )
+        else:
+            scale = _UNIT_NS[unit]
+        time_ns = int(value * scale) if isinstance(value, float) else value * scale
+        if time_ns <= 0:
+            raise InvalidPoint(f"not a timestamp: {value!r}", field="time")
+        return time_ns
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "T", 1)
+        try:
+            naive = datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is None
+        except ValueError:
+            naive = False  # let parse_rfc3339_ns name the problem
+        return parse_rfc3339_ns(text + "Z" if naive else text)
+    raise InvalidPoint(f"not a timestamp: {value!r}", field="time")
+
+
+def _device_name(config: IngestConfig, message: dict[str, Any], levels: list[str]) -> str:
+    if config.device_field:
+        name = message.get(config.device_field)
+        if name is None or isinstance(name, dict | list) or name == "":
+            raise InvalidInput(f"message has no device field '{config.device_field}'")
+        return str(name)
+    index = -1 if config.device_topic_level is None else config.device_topic_level
+    try:
+        name = levels[index]
+    except IndexError:
+        raise InvalidInput(f"topic {'/'.join(levels)!r} has no level {index}") from None
+    if not name:
+        raise InvalidInput(f"topic {'/'.join(levels)!r} has an empty level {index}")
+    return name
+
+
+def _values(config: IngestConfig, message: dict[str, Any]) -> list[tuple[str, Any]]:
+    skip = {config.device_field, config.time_field}
+    if config.field_map:
+        return [(ptype, message[name]) for name, ptype in config.field_map.items() if name in message]
+    return [
+        (point_type_for(name), value)
+        for name, value in message.items()
+        if name not in skip and value is not None and isinstance(value, bool | int | float | str)
+    ]
+
+
+def map_message(config: IngestConfig, subject: str, data: bytes, receive_ns: int) -> list[Mapped]:
+    """Map a message (an object, or an array of objects) to readings. Raises `InvalidInput`."""
+    raw = decode_any(data)
+    messages = raw if isinstance(raw, list) else [raw]
+    levels = subject_to_levels(subject)
+    result = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise InvalidInput(f"a device message must be a JSON object, got {type(message).__name__}")
+        device = _device_name(config, message, levels)
+        time_ns = receive_ns
+        if config.time_field and message.get(config.time_field) is not None:
+            time_ns = parse_time_ns(message[config.time_field], config.time_unit)
+        values = _values(config, message)
+        if not values:
+            raise InvalidInput(f"message for device '{device}' has no fields to map")
+        result.append(Mapped(device, [Point(ptype, value, time=time_ns) for ptype, value in values]))
+    return result
