@@ -11,6 +11,7 @@ import logging
 import click
 
 from siot.cmd.serve import serve
+from siot.cmd.sim import sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SIOT"})
@@ -43,3 +44,4 @@ def cli(log_level: str) -> None:
 
 
 cli.add_command(serve)
+cli.add_command(sim)
