@@ -110,6 +110,12 @@ class App:
         self._stop = asyncio.Event()
 
     async def __aenter__(self) -> App:
+        # Handlers go in before anything starts, so a SIGTERM during start-up (node clients can
+        # take a while) still leads to an orderly stop once start-up has finished.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
         except BaseException:
@@ -118,6 +124,10 @@ class App:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
         logger.info("siot: shutting down")
         try:
             async with asyncio.timeout(STAGE_TIMEOUT_S * 4):
@@ -182,10 +192,6 @@ class App:
         self._stop.set()
 
     async def run_until_stopped(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
         await self._stop.wait()
 
 

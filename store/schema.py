@@ -54,13 +54,28 @@ def m001_initial(db: sqlite3.Connection) -> None:
             instance TEXT NOT NULL, instance_seq INTEGER NOT NULL, via TEXT NOT NULL DEFAULT ''
         );
         CREATE INDEX point_log_history ON point_log (node, type, key, time);
-        CREATE INDEX point_log_time ON point_log (time);
+        """,
+    )
+
+
+def m002_sync_cursors(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        -- Sync positions per peer: direction 'out' = seq of our log the peer has acknowledged;
+        -- 'in' = seq of the peer's log we have applied (lets a peer resume after losing data).
+        CREATE TABLE sync_cursors (
+            peer TEXT NOT NULL, direction TEXT NOT NULL, seq INTEGER NOT NULL,
+            updated_ns INTEGER NOT NULL,
+            PRIMARY KEY (peer, direction)
+        ) WITHOUT ROWID;
         """,
     )
 
 
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", m001_initial),
+    ("002_sync_cursors", m002_sync_cursors),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

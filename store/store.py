@@ -320,17 +320,28 @@ class Store:
                 logger.exception("store: log retention failed")
 
     async def prune_log(self, now_ns: int | None = None) -> int:
-        """Delete log entries older than the retention age or beyond the row limit; return count."""
+        """Drop the log's oldest entries, in arrival order, up to the first one that is both
+        newer than the retention age and within the row limit; return how many were removed.
+
+        Arrival order rather than point time keeps this an index-free range delete on the
+        primary key (a time index would cost every insert ~40%, docs/benchmarks.md); a late,
+        old-stamped entry is kept until entries before it expire or the row limit reaches it.
+        """
         cutoff_ns = (now_ns or time.time_ns()) - int(self.config.retention_days * 86400e9)
         min_seq = self._next_seq - self.config.retention_max_rows
 
         def prune() -> int:
+            row = self._db.execute(
+                "SELECT seq FROM point_log WHERE time >= ? AND seq >= ? ORDER BY seq LIMIT 1",
+                (cutoff_ns, min_seq),
+            ).fetchone()
+            keep_from = row[0] if row else self._next_seq
             removed = 0
             while True:
                 cur = self._db.execute(
-                    "DELETE FROM point_log WHERE seq IN (SELECT seq FROM point_log "
-                    "WHERE time < ? OR seq < ? LIMIT ?)",
-                    (cutoff_ns, min_seq, PRUNE_CHUNK_ROWS),
+                    "DELETE FROM point_log WHERE seq IN "
+                    "(SELECT seq FROM point_log WHERE seq < ? ORDER BY seq LIMIT ?)",
+                    (keep_from, PRUNE_CHUNK_ROWS),
                 )
                 removed += cur.rowcount
                 if cur.rowcount < PRUNE_CHUNK_ROWS:
