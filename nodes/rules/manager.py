@@ -1,0 +1,442 @@
+"""The rules node client: finds `rule` nodes, keeps their runtimes loaded, feeds them the committed
+points they depend on, runs their timers and their actions.
+
+Event flow. One subscription to `up.<root>.>` sees every committed change once; it drives config
+reloads and conditions that name a node. Conditions with a blank nodeID (or offline ones) watch a
+subtree: one `up.<node>.>` subscription per distinct watched node, shared by every rule that
+needs it. A point therefore reaches only the conditions that depend on it, through dict lookups.
+
+One consumer task owns all rule state. NATS callbacks, timer ticks and finished actions are put
+on one queue and handled in order, so two evaluations of a rule never interleave and the state
+points they write are published in the order they were computed. Config reloads run inside the
+consumer too: events that arrive while a rule is (re)loading wait in the queue and reach the new
+runtime, after it has been seeded from the store, so nothing falls between old and new.
+
+Actions run in their own tasks (a webhook may retry for minutes) and report back through the
+queue; all writes go through the NATS API with `origin` = the writing node's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from siot import subjects
+from siot.app import AppContext, register_node_client
+from siot.client import Client, NodeInfo, TreeNode
+from siot.codec import decode_trusted_points, encode_points
+from siot.errors import SiotError
+from siot.nodes.notify import Notification, Notifier
+from siot.nodes.rules.build import ACTION, ACTION_INACTIVE, CONDITION, RULE, NodePoints, build_rule
+from siot.nodes.rules.clock import Clock, SystemClock
+from siot.nodes.rules.conditions import Anomaly, Offline, Watch
+from siot.nodes.rules.config import ActionType
+from siot.nodes.rules.rule import ERROR, ActionRun, ConditionRuntime, Outcome, RuleRuntime
+from siot.nodes.rules.schedule import NS_PER_S
+from siot.points import Point
+from siot.store.tree import NODE_TYPE
+
+logger = logging.getLogger(__name__)
+
+ENGINE_TYPES = frozenset((RULE, CONDITION, ACTION, ACTION_INACTIVE, "msgService", "user"))
+DEFAULT_QUEUE_SIZE = 100_000
+# A config change is applied once the queue is drained, or after this long under steady load.
+RELOAD_DELAY_NS = 200_000_000
+STOP_TIMEOUT_S = 10.0
+RULES_ENV = "SIOT_RULES"
+
+
+@dataclass(slots=True, frozen=True)
+class _Changed:
+    ancestor: str
+    node: str
+    parent: str | None
+    points: list[Point]
+
+
+@dataclass(slots=True, frozen=True)
+class _Tick:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class _ActionDone:
+    run: ActionRun
+    error: str
+
+
+_Event = _Changed | _Tick | _ActionDone
+
+
+class RulesManager:
+    """Runs every rule of one instance. `async with RulesManager(client):` returns once all rules
+    are loaded and evaluated and every subscription is live (`ready`); leaving stops the tasks and
+    waits (bounded) for running actions. The client's connection is borrowed, not closed."""
+
+    def __init__(
+        self, client: Client, *, clock: Clock | None = None, notifier: Notifier | None = None
+    ) -> None:
+        self.client = client
+        self.clock: Clock = clock or SystemClock()
+        self.notifier = notifier or Notifier(client)
+        self.rules: dict[str, RuleRuntime] = {}
+        self.ready = asyncio.Event()
+        self._root = ""
+        self._owner: dict[str, str] = {}  # rule and child node id -> rule id
+        self._exact: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
+        self._subtree: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
+        self._subs: dict[str, Subscription] = {}
+        self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=DEFAULT_QUEUE_SIZE)
+        self._deadlines: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._tick_queued = False
+        self._errors: dict[str, str] = {}
+        self._dirty: dict[str, str | None] = {}  # rule id -> parent hint
+        self._dirty_since_ns = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._actions: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle ----
+
+    async def __aenter__(self) -> RulesManager:
+        self._root = await self.client.load_root()
+        # Subscribe before loading, so a change committed during the load is queued, not lost.
+        await self._subscribe(self._root)
+        tree = await self.client.tree(self._root)
+        for node in _walk(tree):
+            if node.type == RULE:
+                await self._load(node.id, node.parent)
+        self._spawn(self._consume(), "consume")
+        self._spawn(self._timers(), "timers")
+        self.ready.set()
+        logger.info("rules: %d rule(s) loaded under %s", len(self.rules), self._root)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in self._subs.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        if self._actions:
+            _, pending = await asyncio.wait(self._actions, timeout=STOP_TIMEOUT_S)
+            if pending:
+                logger.warning("rules: %d action(s) still running at shutdown; cancelled", len(pending))
+        for task in (*self._tasks, *self._actions):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._actions, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.client.nc.flush()
+
+    def _spawn(self, coro: Any, name: str, bucket: set[asyncio.Task[None]] | None = None) -> None:
+        bucket = self._tasks if bucket is None else bucket
+        task = asyncio.create_task(coro, name=f"rules {name}")
+        bucket.add(task)
+        task.add_done_callback(bucket.discard)
+
+    async def _subscribe(self, node: str) -> None:
+        if node not in self._subs:
+            self._subs[node] = await self.client.nc.subscribe(subjects.up_all(node), cb=self._on_msg)
+            await self.client.nc.flush()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        parent = tokens[3] if len(tokens) > 3 else None
+        await self._queue.put(_Changed(tokens[1], tokens[2], parent, decode_trusted_points(msg.data)))
+
+    # ---- the consumer: the only code that touches rule state after start ----
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                match event:
+                    case _Changed():
+                        await self._on_changed(event)
+                    case _Tick():
+                        self._tick_queued = False
+                        await self._on_tick()
+                    case _ActionDone():
+                        await self._on_action_done(event)
+                if self._dirty and (
+                    self._queue.empty() or time.monotonic_ns() - self._dirty_since_ns > RELOAD_DELAY_NS
+                ):
+                    await self._reload_dirty()
+            except Exception:
+                logger.exception("rules: failed to handle %s", type(event).__name__)
+
+    async def _on_changed(self, event: _Changed) -> None:
+        now = self.clock.now_ns()
+        if event.ancestor == self._root:
+            self._note_config_change(event)
+            if event.parent is None:
+                for rule, cond in self._exact.get(event.node, ()):
+                    for point in event.points:
+                        await self._apply(rule, rule.on_point(cond, event.node, point, now))
+        if event.parent is not None or event.node in self._owner:
+            return
+        for rule, cond in self._subtree.get(event.ancestor, ()):
+            for point in event.points:
+                # The engine's own writes (setValue) are not the device speaking.
+                if isinstance(cond.evaluator, Offline) and point.origin in self._owner:
+                    continue
+                await self._apply(rule, rule.on_point(cond, event.node, point, now))
+
+    def _note_config_change(self, event: _Changed) -> None:
+        """Mark rules whose config this change may alter; they reload when the queue is drained."""
+        node, parent = event.node, event.parent
+        if parent is not None:
+            created_rule = any(p.type == NODE_TYPE and p.value == RULE for p in event.points)
+            if created_rule or node in self.rules:
+                self._mark_dirty(node, parent)
+            if parent in self.rules or parent in self._dirty:
+                self._mark_dirty(parent, None)
+            return
+        rule = self._owner.get(node)
+        # Points the engine wrote (state, errors, notifications) carry an owned node as origin.
+        if rule is not None and not all(p.origin in self._owner for p in event.points):
+            self._mark_dirty(rule, None)
+
+    def _mark_dirty(self, rule: str, parent: str | None) -> None:
+        if not self._dirty:
+            self._dirty_since_ns = time.monotonic_ns()
+        if parent is not None or rule not in self._dirty:
+            self._dirty[rule] = parent
+
+    async def _reload_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for rule, parent_hint in dirty.items():
+            await self._load(rule, parent_hint)
+
+    async def _on_tick(self) -> None:
+        now = self.clock.now_ns()
+        for rule_id, deadline in list(self._deadlines.items()):
+            rule = self.rules.get(rule_id)
+            if rule is not None and deadline <= now:
+                await self._apply(rule, rule.evaluate(now))
+
+    async def _on_action_done(self, event: _ActionDone) -> None:
+        run = event.run
+        rule = self.rules.get(run.rule.id, run.rule)
+        last_run = rule.action_done(run.action.id, run.run_ns)
+        if last_run is not None:
+            await self._publish(run.action.id, [last_run])
+        await self._set_error(run.action.id, event.error)
+        await self._apply(rule, rule.evaluate(self.clock.now_ns()))
+
+    # ---- outcomes, timers, actions ----
+
+    async def _apply(self, rule: RuleRuntime, outcome: Outcome) -> None:
+        for node, points in outcome.writes:
+            await self._publish(node, points)
+        for run in outcome.runs:
+            self._spawn(self._run_action(run), f"action {run.action.id}", self._actions)
+        if self.rules.get(rule.id) is not rule:
+            return
+        deadline = rule.next_deadline_ns(self.clock.now_ns())
+        if deadline is None:
+            self._deadlines.pop(rule.id, None)
+        else:
+            self._deadlines[rule.id] = deadline
+            self._wake.set()
+
+    async def _publish(self, node: str, points: list[Point]) -> None:
+        """Fire-and-forget write: NATS keeps the order per connection and the store commits in
+        arrival order, so state points land in the order they were computed."""
+        await self.client.nc.publish(subjects.points(node), encode_points(points))
+
+    async def _timers(self) -> None:
+        """Sleep until the earliest rule deadline (schedule edge, hold expiry, reminder), then queue
+        a tick; the consumer evaluates the rules that are due."""
+        while True:
+            self._wake.clear()
+            deadline = min(self._deadlines.values(), default=None)
+            if deadline is not None and deadline <= self.clock.now_ns():
+                if not self._tick_queued:
+                    self._tick_queued = True
+                    await self._queue.put(_Tick())
+                deadline = None  # the consumer will set new deadlines and wake us
+            await self.clock.wait_until(deadline, self._wake)
+
+    async def _run_action(self, run: ActionRun) -> None:
+        error = ""
+        try:
+            config = run.action.config
+            if config.action is ActionType.SET_VALUE:
+                target = config.node_id or run.rule.parent
+                point = Point(config.point_type, config.value, key=config.point_key, origin=run.action.id)
+                await self.client.send_points(target, [point])
+            else:
+                await self._notify(run)
+        except SiotError as exc:
+            error = str(exc)
+            logger.warning("rules: action %s of rule %s failed: %s", run.action.id, run.rule.id, exc)
+        except Exception as exc:
+            error = f"internal error: {exc}"
+            logger.exception("rules: action %s of rule %s failed", run.action.id, run.rule.id)
+        await self._queue.put(_ActionDone(run, error))
+
+    async def _notify(self, run: ActionRun) -> None:
+        trigger = run.trigger
+        node_description = ""
+        if trigger is not None:
+            with contextlib.suppress(SiotError):
+                node_description = (await self.client.get_node(trigger.node)).description
+        note = Notification(
+            rule=run.rule.id,
+            rule_description=run.rule.config.description,
+            node=trigger.node if trigger else "",
+            node_description=node_description,
+            point=trigger.point.type if trigger else "",
+            key=trigger.point.key if trigger else "",
+            value=trigger.point.value if trigger else None,
+            time_ns=trigger.point.time if trigger else run.run_ns,
+            template=run.action.config.value if isinstance(run.action.config.value, str) else "",
+            reminder=run.reminder,
+            inactive=run.action.inactive,
+        )
+        await self.notifier.send(
+            rule=run.rule.id, origin=run.action.id, service_id=run.action.config.node_id, note=note
+        )
+
+    async def _set_error(self, node: str, message: str) -> None:
+        """Write (or clear, with a tombstone) a node's `error` point, only when it changes."""
+        if self._errors.get(node, "") == message:
+            return
+        self._errors[node] = message
+        await self._publish(node, [Point(ERROR, message, origin=node, tombstone=0 if message else 1)])
+
+    # ---- loading ----
+
+    async def _load(self, rule_id: str, parent_hint: str | None) -> None:
+        """(Re)load one rule from the store: find its live parent, build, adopt the old runtime's
+        state, seed new conditions, index, evaluate. A rule without a live edge is unloaded."""
+        old = self.rules.get(rule_id)
+        parents = [n for n in await self.client.nodes(subjects.ALL, rule_id) if n.type == RULE]
+        if not parents:
+            self._unload(rule_id)
+            return
+        preferred = parent_hint or (old.parent if old else None)
+        info = next((n for n in parents if n.parent == preferred), parents[0])
+        children = [
+            c for c in await self.client.children(rule_id) if c.type in (CONDITION, ACTION, ACTION_INACTIVE)
+        ]
+        now = self.clock.now_ns()
+        runtime, errors = build_rule(
+            NodePoints(info.id, info.type, info.points),
+            info.parent,
+            [NodePoints(c.id, c.type, c.points) for c in children],
+            now,
+        )
+        for node in (info, *children):
+            self._errors.setdefault(node.id, str(node.value(ERROR, default="") or ""))
+        fresh = runtime.adopt(old) if old is not None else runtime.conditions
+        self._unload(rule_id)
+        self.rules[rule_id] = runtime
+        self._owner[rule_id] = rule_id
+        for child in children:
+            self._owner[child.id] = rule_id
+        for cond in runtime.conditions:
+            if cond.watch.node:
+                index = self._subtree if cond.watch.subtree else self._exact
+                index.setdefault(cond.watch.node, []).append((runtime, cond))
+                if cond.watch.subtree:
+                    await self._subscribe(cond.watch.node)
+        trees: dict[str, TreeNode] = {}
+        for cond in fresh:
+            await self._seed(cond, now, trees)
+        fresh_nodes = {n.id for n in (info, *children) if not n.points}
+        for node, message in errors.items():
+            # A node whose points have not arrived yet (create_node sends the edge first) is not
+            # misconfigured, only young: its points will trigger another reload.
+            if node not in fresh_nodes:
+                await self._set_error(node, message)
+        logger.info(
+            "rules: loaded rule %s (%s): %d condition(s), %d action(s)",
+            rule_id,
+            runtime.config.description,
+            len(runtime.conditions),
+            len(runtime.actions),
+        )
+        await self._apply(runtime, runtime.evaluate(self.clock.now_ns()))
+
+    def _unload(self, rule_id: str) -> None:
+        old = self.rules.pop(rule_id, None)
+        self._deadlines.pop(rule_id, None)
+        if old is None:
+            return
+        for node in [n for n, r in self._owner.items() if r == rule_id]:
+            del self._owner[node]
+        for index in (self._exact, self._subtree):
+            for key in list(index):
+                index[key] = [(r, c) for r, c in index[key] if r is not old]
+                if not index[key]:
+                    del index[key]
+        for node in [n for n in self._subs if n != self._root and n not in self._subtree]:
+            self._spawn(self._subs.pop(node).unsubscribe(), f"unsubscribe {node}")
+
+    async def _seed(self, cond: ConditionRuntime, now: int, trees: dict[str, TreeNode]) -> None:
+        """Show a new evaluator the current state of what it watches, read back from the store."""
+        evaluator, watch = cond.evaluator, cond.watch
+        if evaluator is None or not watch.node:
+            return
+        try:
+            nodes = await self._watched_nodes(watch, trees)
+        except SiotError as exc:
+            logger.warning("rules: condition %s watches %s: %s", cond.id, watch.node, exc)
+            return
+        if isinstance(evaluator, Offline):
+            seen = [p.time for n in nodes for p in n.points if p.time]
+            evaluator.last_seen_ns = min(max(seen, default=now), now)
+            return
+        if isinstance(evaluator, Anomaly):
+            start = now - int(cond.config.window_s * NS_PER_S)
+            for n in nodes:
+                for p in await self.client.history(
+                    n.id, cond.config.point_type, cond.config.point_key, start_ns=start
+                ):
+                    evaluator.on_point(n.id, p, now)
+            return
+        for n in nodes:
+            for p in n.points:
+                evaluator.on_point(n.id, p, now)
+
+    async def _watched_nodes(self, watch: Watch, trees: dict[str, TreeNode]) -> list[NodeInfo]:
+        if not watch.subtree:
+            return [await self.client.get_node(watch.node)]
+        if watch.node not in trees:
+            trees[watch.node] = await self.client.tree(watch.node)
+        return [n for n in _walk(trees[watch.node]) if n.type not in ENGINE_TYPES]
+
+
+def _walk(tree: TreeNode) -> list[NodeInfo]:
+    """Every live node of a fetched tree, parents first."""
+    order: list[NodeInfo] = []
+    stack = [tree]
+    while stack:
+        current = stack.pop()
+        if not current.node.deleted:
+            order.append(current.node)
+            stack.extend(reversed(current.children))
+    return order
+
+
+@register_node_client
+@contextlib.asynccontextmanager
+async def rules_node_client(ctx: AppContext) -> AsyncIterator[RulesManager | None]:
+    """The factory `siot serve` registers. `SIOT_RULES=off` leaves rules to an external manager
+    (tests drive one with a manual clock; a cloud may run rules on a dedicated instance)."""
+    if os.environ.get(RULES_ENV, "on").strip().lower() in ("off", "0", "false", "no"):
+        logger.info("rules: disabled by %s", RULES_ENV)
+        yield None
+        return
+    async with RulesManager(ctx.client) as manager:
+        yield manager

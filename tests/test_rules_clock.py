@@ -1,0 +1,138 @@
+"""Rules on an injected clock: a real daemon with its built-in rules off (SIOT_RULES=off) and a
+`RulesManager` in the test, on a `ManualClock`, so DST nights, offline timeouts, holds and
+reminders take no wall time. Restarting the manager is restarting the rules engine: its state
+comes back from the daemon's store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from rules_support import make_rule, wait_point
+from support import SiotProcess
+
+from siot.client import Client
+from siot.nodes.rules import ManualClock
+from siot.nodes.rules.manager import RulesManager
+from siot.points import Point
+
+S = 1_000_000_000
+BERLIN = "Europe/Berlin"
+
+
+def berlin_ns(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(BERLIN)).timestamp()) * S
+
+
+@pytest.fixture
+def bare_process(tmp_path: Path) -> Iterator[SiotProcess]:
+    proc = SiotProcess(data_dir=tmp_path / "siot-data", env={"SIOT_RULES": "off"}).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def bare(bare_process: SiotProcess) -> AsyncIterator[Client]:
+    client = await Client.connect(bare_process.url, reconnect_forever=False)
+    await client.load_root()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_schedule_across_spring_forward(bare: Client) -> None:
+    """22:00-06:00 Berlin over the night the clocks go forward: on at 22:00 CET, off at 06:00
+    CEST, seven hours later."""
+    clock = ManualClock(berlin_ns("2024-03-30T21:00:00"))
+    pump = await bare.create_node(bare.root_id, "device")
+    rule, _, _ = await make_rule(
+        bare,
+        bare.root_id,
+        "night pump off",
+        [{"conditionType": "schedule", "start": "22:00", "end": "06:00", "tz": BERLIN}],
+        [{"action": "setValue", "nodeID": pump, "pointType": "run", "value": False}],
+        [{"action": "setValue", "nodeID": pump, "pointType": "run", "value": True}],
+    )
+    async with RulesManager(bare, clock=clock):
+        start = berlin_ns("2024-03-30T22:00:00")
+        clock.set(start)
+        assert await wait_point(bare, rule, "activeChanged", lambda v: v == start) == start
+        await wait_point(bare, pump, "run", lambda v: v is False)
+        end = berlin_ns("2024-03-31T06:00:00")
+        assert end - start == 7 * 3600 * S
+        clock.set(end)
+        await wait_point(bare, rule, "activeChanged", lambda v: v == end)
+        await wait_point(bare, pump, "run", lambda v: v is True)
+
+
+async def test_offline_after_silence_and_back_online(bare: Client) -> None:
+    clock = ManualClock(time.time_ns())
+    sensor = await bare.create_node(bare.root_id, "device", [Point("description", "edge 1")])
+    probe = await bare.create_node(sensor, "device")  # a device under the watched node counts
+    panel = await bare.create_node(bare.root_id, "device")
+    await bare.send_points(probe, [Point("temp", 20)])
+    rule, _, _ = await make_rule(
+        bare,
+        bare.root_id,
+        "edge offline",
+        [{"conditionType": "offline", "nodeID": sensor, "timeout": 300}],
+        [{"action": "setValue", "nodeID": panel, "pointType": "edge", "value": "offline"}],
+        [{"action": "setValue", "nodeID": panel, "pointType": "edge", "value": "online"}],
+    )
+    async with RulesManager(bare, clock=clock):
+        clock.advance(301)
+        await wait_point(bare, panel, "edge", lambda v: v == "offline")
+        await bare.send_points(probe, [Point("temp", 21)])
+        await wait_point(bare, panel, "edge", lambda v: v == "online")
+        await wait_point(bare, rule, "active", lambda v: v is False)
+
+
+async def test_restart_in_the_middle_of_a_hold(bare: Client) -> None:
+    clock = ManualClock(time.time_ns())
+    sensor = await bare.create_node(bare.root_id, "device")
+    valve = await bare.create_node(bare.root_id, "device")
+    rule, (cond,), _ = await make_rule(
+        bare,
+        bare.root_id,
+        "dry for a minute",
+        [{"nodeID": sensor, "pointType": "humidity", "operator": "<", "value": 35, "minActive": 60}],
+        [{"action": "setValue", "nodeID": valve, "pointType": "open", "value": True}],
+    )
+    async with RulesManager(bare, clock=clock):
+        await bare.send_points(sensor, [Point("humidity", 30)])
+        deadline = await wait_point(bare, cond, "holdUntil", lambda v: v > 0)
+    assert deadline == clock.now_ns() + 60 * S
+    clock.advance(40)  # the engine is down for 40 s of the hold
+    async with RulesManager(bare, clock=clock):
+        clock.advance(20)  # the original deadline, not 60 s after the restart
+        await wait_point(bare, valve, "open", lambda v: v is True)
+        assert await wait_point(bare, rule, "activeChanged", lambda v: v > 0) == deadline
+
+
+async def test_restart_while_active_no_refire_no_lost_reminder(bare: Client) -> None:
+    clock = ManualClock(time.time_ns())
+    sensor = await bare.create_node(bare.root_id, "device")
+    siren = await bare.create_node(bare.root_id, "device")
+    _, _, (action,) = await make_rule(
+        bare,
+        bare.root_id,
+        "flood",
+        [{"nodeID": sensor, "pointType": "water", "valueType": "onOff", "operator": "on"}],
+        [{"action": "setValue", "nodeID": siren, "pointType": "beep", "value": 1, "repeatInterval": 600}],
+    )
+    async with RulesManager(bare, clock=clock):
+        await bare.send_points(sensor, [Point("water", True)])
+        first_run = await wait_point(bare, action, "lastRun", lambda v: v > 0)
+    clock.advance(300)
+    async with RulesManager(bare, clock=clock):
+        clock.advance(300)  # the reminder is due 600 s after the first run, across the restart
+        await wait_point(bare, action, "lastRun", lambda v: v == first_run + 600 * S)
+    beeps = await bare.history(siren, "beep")
+    assert len(beeps) == 2  # the first run and the reminder; the restart fired nothing
