@@ -80,7 +80,7 @@ class NodeManager(Generic[ConfigT]):
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> NodeManager[ConfigT]:
-        self._changes = await self.ctx.client.changes().__aenter__()
+        self._changes = await self.ctx.client.changes(accept=self._is_ours).__aenter__()
         tree = self.ctx.store.tree
         for (_parent, node), state in list(tree.edges.items()):
             if state.node_type == self.node_type and tree.live_parents(node) and node not in self.runners:
