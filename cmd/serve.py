@@ -103,6 +103,19 @@ from siot.errors import SiotError
     type=int,
     help="Keep at most this many point-log entries.",
 )
+@click.option(
+    "--upstream",
+    envvar="SIOT_UPSTREAM",
+    default=None,
+    help="Sync with this upstream siot instance (its NATS URL, e.g. nats://cloud:4222 or "
+    "nats://TOKEN@cloud:4222). Creates/updates the `sync` node under the root.",
+)
+@click.option(
+    "--upstream-parent",
+    envvar="SIOT_UPSTREAM_PARENT",
+    default=None,
+    help="Node id in the upstream's tree to attach this instance under (default: the upstream's root).",
+)
 def serve(**options: object) -> None:
     """Run a siot instance until SIGINT/SIGTERM.
 
@@ -114,6 +127,7 @@ def serve(**options: object) -> None:
     \b
         siot serve --data ./data
         siot serve --nats-url nats://10.0.0.5:4222 --id gateway-1
+        siot serve --data ./edge --upstream nats://cloud.example.com:4222
     """
     config = ServeConfig(**options)  # type: ignore[arg-type]
     try:

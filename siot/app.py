@@ -87,7 +87,12 @@ def register_node_client(factory: NodeClientFactory) -> NodeClientFactory:
 # Modules whose import registers their node clients (@register_node_client), in start order.
 # Imported when an App starts, not here, because they import this module. Data models come
 # before ingest so the validator is in place before ingest sends its first point.
-NODE_CLIENT_MODULES: list[str] = ["siot.nodes.models", "siot.nodes.ingest", "siot.nodes.archive"]
+NODE_CLIENT_MODULES: list[str] = [
+    "siot.nodes.models",
+    "siot.nodes.ingest",
+    "siot.nodes.archive",
+    "siot.sync.service",
+]
 NODE_CLIENT_MODULES.append("siot.nodes.rules.manager")  # rules start last: they act on the others
 
 

@@ -1,0 +1,472 @@
+"""The edge side of sync: one link from this instance to an upstream instance.
+
+The link owns a client connection to the upstream's NATS server that reconnects forever with
+capped, jittered backoff. While connected it runs rounds: say hello (attach), push our log up in
+pipelined windows (our cursor advances only on the upstream's ack, after its commit), pull the
+upstream's changes to our subtree down (each pull acknowledges the previous window), and after
+catching up compare digests and repair from full state on mismatch. Between rounds it sleeps
+until a local commit, an upstream notify, or the poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from siot.client import Client
+from siot.codec import decode_reply, encode
+from siot.errors import RequestFailed, SiotError
+from siot.store import ROOT_PARENT, Store, Write
+from siot.store.log import LogRow, log_backlog, log_window, node_digests, state_rows, total_digest
+from siot.sync import protocol
+from siot.sync.apply import apply_rows
+from siot.sync.cursors import IN, OUT, CursorBook
+from siot.sync.server import order_state_rows
+from siot.sync.status import LinkState, PeerStatus, Role
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IN_FLIGHT = 4
+DEFAULT_POLL_S = 5.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+DEFAULT_DIGEST_INTERVAL_S = 600.0
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 5.0
+BACKOFF_JITTER = 0.2
+DETACHED_RETRY_S = 5.0
+REPAIR_ROUNDS = 3
+STATE_CHUNK_NODES = 200
+
+
+class Backoff:
+    """Capped exponential backoff with jitter (nats.py's own pattern), used both for our retry
+    loop and, through `nc.options`, for nats-py's reconnect wait (which is otherwise fixed)."""
+
+    def __init__(self, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.current_s = base_s
+
+    def next_s(self) -> float:
+        wait = self.current_s * (1 + random.random() * BACKOFF_JITTER)
+        self.current_s = min(self.current_s * 2, self.cap_s)
+        return wait
+
+    def reset(self) -> None:
+        self.current_s = self.base_s
+
+
+@dataclass(slots=True, frozen=True)
+class LinkConfig:
+    """Where and how to sync; built from a `sync` node's points."""
+
+    node: str  # the sync node's id
+    uri: str
+    token: str = ""
+    parent: str = ""  # the upstream node to attach under; "" = the upstream's root
+    window_rows: int = protocol.DEFAULT_WINDOW_ROWS
+    window_bytes: int = protocol.DEFAULT_WINDOW_BYTES
+    in_flight: int = DEFAULT_IN_FLIGHT
+    poll_s: float = DEFAULT_POLL_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    digest_interval_s: float = DEFAULT_DIGEST_INTERVAL_S
+
+
+class LinkDown(SiotError):
+    """The connection to the upstream dropped while a request was in flight."""
+
+
+class UpstreamLink:
+    """One edge -> upstream link. `await start()` returns at once (connecting happens in the
+    background, for ever); `await stop()` closes the connection and leaves cursors to the book."""
+
+    def __init__(self, store: Store, book: CursorBook, config: LinkConfig) -> None:
+        self.store = store
+        self.book = book
+        self.config = config
+        self.status = PeerStatus(peer="", role=Role.UPSTREAM, uri=config.uri, node=config.node)
+        self.upstream_id = ""
+        self.out_cursor = 0
+        self._down_ack: int | None = None
+        self._nc: NATS | None = None
+        self._client: Client | None = None
+        self._backoff = Backoff()
+        self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._counter = itertools.count()
+        self._inbox = ""
+        self._task: asyncio.Task[None] | None = None
+        self._need_hello = True
+        self._next_digest = 0.0
+        self._remove_listener: Any = None
+
+    @property
+    def edge_id(self) -> str:
+        return self.store.instance_id
+
+    async def start(self) -> None:
+        self._remove_listener = self.store.add_commit_listener(self._on_local_commit)
+        self._task = asyncio.create_task(self._run(), name=f"sync link {self.config.uri}")
+
+    async def stop(self) -> None:
+        if self._remove_listener:
+            self._remove_listener()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), timeout=5)
+        logger.info("sync: link to %s stopped", self.config.uri)
+
+    async def backlog(self) -> int:
+        if not self.upstream_id:
+            return await log_backlog(self.store, 0, skip_parent=ROOT_PARENT)
+        return await log_backlog(
+            self.store, self.out_cursor, exclude_via=self.upstream_id, skip_parent=ROOT_PARENT
+        )
+
+    # ---- connection ----
+
+    async def _connect(self) -> NATS:
+        async def on_error(exc: Exception) -> None:
+            self.status.error(f"{type(exc).__name__}: {exc}")
+            wait = self._backoff.next_s()
+            if self._nc is not None:
+                self._nc.options["reconnect_time_wait"] = wait
+            logger.warning("sync: upstream %s: %s (next try in %.1f s)", self.config.uri, exc, wait)
+
+        async def on_disconnected() -> None:
+            self._connected.clear()
+            if self.status.state == LinkState.CONNECTED:
+                self.status.state = LinkState.DISCONNECTED
+            self._fail_replies(LinkDown(f"disconnected from {self.config.uri}"))
+            logger.warning("sync: disconnected from upstream %s", self.config.uri)
+
+        async def on_reconnected() -> None:
+            self._backoff.reset()
+            if self._nc is not None:
+                self._nc.options["reconnect_time_wait"] = self._backoff.base_s
+            self._need_hello = True
+            self._connected.set()
+            self._wake.set()
+            logger.info("sync: reconnected to upstream %s", self.config.uri)
+
+        self._nc = NATS()
+        await self._nc.connect(
+            self.config.uri,
+            name=f"siot-sync-{self.edge_id}",
+            token=self.config.token or None,
+            max_reconnect_attempts=-1,  # for ever: nats-py's default gives up after 60 tries
+            reconnect_time_wait=self._backoff.base_s,
+            connect_timeout=5,
+            allow_reconnect=True,
+            pending_size=8 * 1024 * 1024,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+        self._backoff.reset()
+        self._nc.options["reconnect_time_wait"] = self._backoff.base_s
+        self._connected.set()
+        return self._nc
+
+    def _fail_replies(self, exc: Exception) -> None:
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()
+        self._replies.clear()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._replies.pop(msg.subject.rsplit(".", 1)[1], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(RequestFailed(f"no siot instance answers sync at {self.config.uri}"))
+        else:
+            try:
+                future.set_result(decode_reply(msg.data))
+            except SiotError as exc:
+                future.set_exception(exc)
+
+    async def _send(self, subject: str, payload: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Publish a request now (so requests leave in call order) and return its reply future."""
+        assert self._nc is not None
+        token = str(next(self._counter))
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[token] = future
+        await self._nc.publish(subject, encode(payload), reply=f"{self._inbox}.{token}")
+        return future
+
+    async def _result(self, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            reply = await asyncio.wait_for(future, timeout=self.config.request_timeout_s)
+        except TimeoutError as exc:
+            raise RequestFailed(
+                f"no reply from {self.config.uri} within {self.config.request_timeout_s} s"
+            ) from exc
+        if "error" in reply:
+            raise RequestFailed(str(reply["error"]))
+        return reply
+
+    async def _request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._result(await self._send(subject, payload))
+
+    async def _on_local_commit(self, writes: list[Write]) -> None:
+        upstream = self.upstream_id
+        for write in writes:
+            if write.changed and write.rows.via != upstream:
+                self._wake.set()
+                return
+
+    # ---- the loop ----
+
+    async def _run(self) -> None:
+        logger.info("sync: connecting to upstream %s", self.config.uri)
+        nc = await self._connect()
+        self._inbox = nc.new_inbox()
+        await nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+        async def on_notify(_: Msg) -> None:
+            self._wake.set()
+
+        await nc.subscribe(protocol.notify(self.edge_id), cb=on_notify)
+        logger.info("sync: connected to upstream %s", self.config.uri)
+        while True:
+            try:
+                await self._round()
+            except (SiotError, NatsError, OSError) as exc:
+                self._need_hello = True
+                message = str(exc) or type(exc).__name__
+                if message.startswith("detached"):
+                    self._set_detached(message)
+                    await asyncio.sleep(DETACHED_RETRY_S)
+                    continue
+                self.status.error(message)
+                if self.status.state == LinkState.CONNECTED:
+                    self.status.state = LinkState.DISCONNECTED
+                logger.warning("sync: round with %s failed: %s", self.config.uri, message)
+                await self._connected.wait()
+                await asyncio.sleep(self._backoff.next_s())
+
+    def _set_detached(self, message: str) -> None:
+        if self.status.state != LinkState.DETACHED:
+            logger.warning("sync: %s; syncing stops until the upstream re-adds this edge", message)
+        self.status.state = LinkState.DETACHED
+        self.status.error(message)
+
+    async def _round(self) -> None:
+        if self._need_hello:
+            await self._hello()
+            if self.status.state == LinkState.DETACHED:
+                await asyncio.sleep(DETACHED_RETRY_S)
+                return
+        self._wake.clear()
+        shipped = await self._ship_up()
+        pulled = await self._pull_down()
+        self.status.synced()
+        self._backoff.reset()
+        if shipped or pulled:
+            return
+        if time.monotonic() >= self._next_digest:
+            await self._verify()
+            self._next_digest = time.monotonic() + self.config.digest_interval_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_s)
+
+    async def _hello(self) -> None:
+        reply = await self._request(
+            protocol.hello(self.edge_id),
+            {
+                "instance": self.edge_id,
+                "parent": self.config.parent or None,
+                "version": protocol.PROTOCOL_VERSION,
+            },
+        )
+        upstream = reply.get("instance")
+        if not isinstance(upstream, str) or not upstream:
+            raise RequestFailed(f"{self.config.uri} answered hello without its instance id")
+        self.upstream_id = self.status.peer = upstream
+        if not reply.get("attached"):
+            self._set_detached(f"detached: {upstream} has deleted this edge from its tree")
+            return
+        acked = self.book.get(upstream, OUT) or 0
+        theirs = reply.get("inCursor") or 0
+        if theirs < acked:
+            logger.warning(
+                "sync: upstream %s has applied our log only up to %d (we had %d acknowledged); resending",
+                upstream,
+                theirs,
+                acked,
+            )
+            acked = theirs
+        self.out_cursor = self.status.out_cursor = acked
+        self.status.in_cursor = self.book.get(upstream, IN) or 0
+        self._down_ack = None
+        self._need_hello = False
+        self._next_digest = 0.0
+        if self.status.state != LinkState.CONNECTED:
+            logger.info(
+                "sync: attached to upstream %s (%s), resuming at our seq %d", upstream, self.config.uri, acked
+            )
+        self.status.state = LinkState.CONNECTED
+
+    # ---- up ----
+
+    async def _ship_up(self) -> int:
+        """Send our log after the cursor in windows, up to `in_flight` at once; return rows sent."""
+        subject = protocol.up(self.edge_id)
+        position = self.out_cursor
+        in_flight: deque[tuple[int, int, asyncio.Future[dict[str, Any]]]] = deque()
+        shipped = 0
+        try:
+            while True:
+                while len(in_flight) < self.config.in_flight:
+                    rows, scanned = await log_window(
+                        self.store, position, self.config.window_rows, exclude_via=self.upstream_id
+                    )
+                    if scanned == position:
+                        break
+                    ours = [r for r in rows if r[2] != ROOT_PARENT]  # our own root's edge stays here
+                    window = protocol.take_window(ours, self.config.window_rows, self.config.window_bytes)
+                    to = window[-1][0] if len(window) < len(ours) else scanned
+                    payload = {"from": position, "to": to, "rows": protocol.encode_rows(window)}
+                    in_flight.append((to, len(window), await self._send(subject, payload)))
+                    position = to
+                if not in_flight:
+                    return shipped
+                to, count, future = in_flight[0]
+                reply = await self._result(future)
+                in_flight.popleft()
+                self._acked(to, count, reply)
+                shipped += count
+        finally:
+            for _, _, future in in_flight:
+                future.cancel()
+
+    def _acked(self, to: int, count: int, reply: dict[str, Any]) -> None:
+        self.out_cursor = self.status.out_cursor = to
+        self.book.set(self.upstream_id, OUT, to)
+        self.status.shipped += count
+        self.status.synced()
+        if reply.get("errors"):
+            message = "upstream refused rows: " + "; ".join(map(str, reply["errors"]))
+            self.status.error(message)
+            logger.warning("sync: %s", message)
+
+    # ---- down ----
+
+    async def _pull_down(self) -> int:
+        """Pull the upstream's changes to our subtree until it has nothing more; return rows."""
+        subject = protocol.pull(self.edge_id)
+        total = 0
+        ack = self._down_ack
+        while True:
+            reply = await self._request(subject, {"ack": ack, "limit": self.config.window_rows})
+            rows = protocol.decode_rows(reply.get("rows", []))
+            to = reply.get("to")
+            if not isinstance(to, int):
+                raise RequestFailed("pull reply without 'to'")
+            if rows:
+                await self._apply(rows)
+                total += len(rows)
+            self.status.in_cursor = to
+            self.book.set(self.upstream_id, IN, to)
+            if not rows and to == ack:
+                break
+            ack = to
+        self._down_ack = ack
+        return total
+
+    async def _apply(self, rows: list[protocol.SyncRow]) -> None:
+        applied = await apply_rows(self.store, rows, via=self.upstream_id, fallback_instance=self.upstream_id)
+        self.status.received += len(rows)
+        if applied.errors:
+            message = "rows from upstream refused here: " + "; ".join(applied.errors)
+            self.status.error(message)
+            logger.warning("sync: %s", message)
+
+    # ---- verification and repair ----
+
+    def _members(self) -> list[str]:
+        return self.store.tree.descendants(self.edge_id, include_deleted=True)
+
+    async def _differences(self) -> tuple[list[str], str]:
+        """Nodes whose digests differ between here and upstream, and our total digest."""
+        mine = node_digests(await state_rows(self.store, self._members()))
+        theirs: dict[str, bytes] = {}
+        after = ""
+        while True:
+            reply = await self._request(protocol.digest(self.edge_id), {"after": after})
+            page = reply.get("nodes") or {}
+            theirs.update(page)
+            if not reply.get("more") or not page:
+                break
+            after = max(page)
+        differ = sorted(n for n in mine.keys() | theirs.keys() if mine.get(n) != theirs.get(n))
+        return differ, total_digest(mine)
+
+    async def _verify(self) -> None:
+        differ, digest = await self._differences()
+        if differ:
+            # Something may have been committed on either side since the round: catch up once more.
+            await self._ship_up()
+            await self._pull_down()
+            differ, digest = await self._differences()
+        for _ in range(REPAIR_ROUNDS):
+            if not differ:
+                break
+            logger.warning(
+                "sync: digest mismatch with %s on %d node(s) (e.g. %s); repairing from full state",
+                self.upstream_id,
+                len(differ),
+                ", ".join(differ[:3]),
+            )
+            self.status.repairs += 1
+            await self._repair(differ)
+            differ, digest = await self._differences()
+        self.status.digest = digest
+        self.status.digest_ns = time.time_ns()
+        self.status.digest_ok = not differ
+        if differ:
+            message = f"digests still differ on {len(differ)} node(s) after repair (e.g. {differ[0]})"
+            self.status.error(message)
+            logger.error("sync: %s", message)
+        else:
+            logger.info("sync: digest of our subtree matches %s (%s)", self.upstream_id, digest)
+
+    async def _repair(self, differ: list[str]) -> None:
+        """Send our full state of `differ` up and apply the upstream's full state of it here;
+        the merge rule settles each point the same way on both sides."""
+        members = self._members()
+        rows = order_state_rows(await state_rows(self.store, members, only=differ), members)
+        await self._ship_state(rows)
+        rank = {n: i for i, n in enumerate(members)}
+        ordered = sorted(differ, key=lambda n: (rank.get(n, len(rank)), n))
+        for start in range(0, len(ordered), STATE_CHUNK_NODES):
+            chunk = ordered[start : start + STATE_CHUNK_NODES]
+            reply = await self._request(protocol.state(self.edge_id), {"nodes": chunk})
+            state = protocol.decode_rows(reply.get("rows", []))
+            if state:
+                await self._apply(state)
+
+    async def _ship_state(self, rows: list[LogRow]) -> None:
+        subject = protocol.up(self.edge_id)
+        while rows:
+            window = protocol.take_window(rows, self.config.window_rows, self.config.window_bytes)
+            await self._request(subject, {"rows": protocol.encode_rows(window), "state": True})
+            rows = rows[len(window) :]

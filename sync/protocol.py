@@ -1,0 +1,133 @@
+"""The sync wire protocol (docs/sync.md): subjects, window limits and the row encoding.
+
+Every subject is served by the upstream instance on its own NATS server; the edge connects to
+that server as a client, so only the edge needs to reach the upstream (NAT-friendly). The one
+message flowing the other way is `sync.notify.<edge>`, a hint published by the upstream that
+the edge subscribes to over the same connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from siot import subjects
+from siot.errors import DecodeError, InvalidInput
+from siot.points import Point, point_from_map
+from siot.store.log import LogRow
+from siot.store.writer import unpack_value
+
+PROTOCOL_VERSION = 1
+DEFAULT_WINDOW_ROWS = 500
+DEFAULT_WINDOW_BYTES = 64 * 1024
+ROW_OVERHEAD_BYTES = 24
+STATUS = "siot.sync.status"
+
+
+def hello(edge: str) -> str:
+    """edge -> upstream: attach (first time) and report in; reply carries the upstream's cursors."""
+    return f"sync.hello.{edge}"
+
+
+def up(edge: str) -> str:
+    """edge -> upstream: a window of the edge's log (or of its full state during repair)."""
+    return f"sync.up.{edge}"
+
+
+def pull(edge: str) -> str:
+    """edge -> upstream: acknowledge the last window received and ask for the next one."""
+    return f"sync.pull.{edge}"
+
+
+def digest(edge: str) -> str:
+    """edge -> upstream: per-node digests of the edge's subtree as the upstream stores it."""
+    return f"sync.digest.{edge}"
+
+
+def state(edge: str) -> str:
+    """edge -> upstream: full current state of some nodes of the edge's subtree (repair)."""
+    return f"sync.state.{edge}"
+
+
+def notify(edge: str) -> str:
+    """upstream -> edge: something for the edge was committed; pull now."""
+    return f"sync.notify.{edge}"
+
+
+SERVER_SUBJECTS = ("sync.hello.*", "sync.up.*", "sync.pull.*", "sync.digest.*", "sync.state.*")
+
+
+def row_size(row: LogRow) -> int:
+    """Rough encoded size of a row, to cap windows in bytes without encoding twice."""
+    value = row[6]
+    return (
+        ROW_OVERHEAD_BYTES
+        + len(row[1])
+        + len(row[2])
+        + len(row[3])
+        + len(row[4])
+        + len(row[8])
+        + (len(value) if value else 0)
+    )
+
+
+def take_window(rows: list[LogRow], max_rows: int, max_bytes: int) -> list[LogRow]:
+    """The longest prefix of `rows` within both limits (always at least one row)."""
+    total = 0
+    for index, row in enumerate(rows[:max_rows]):
+        total += row_size(row)
+        if total > max_bytes and index > 0:
+            return rows[:index]
+    return rows[:max_rows]
+
+
+def encode_rows(rows: list[LogRow]) -> list[list[Any]]:
+    """Rows go on the wire as arrays in `LOG_COLUMNS` order; `value` stays the stored msgpack
+    blob (bytes), so the sender never decodes values."""
+    return [list(row) for row in rows]
+
+
+@dataclass(slots=True, frozen=True)
+class SyncRow:
+    """A received row, validated: the change and where it was first accepted."""
+
+    seq: int
+    node: str
+    parent: str
+    point: Point
+    instance: str
+    instance_seq: int
+
+
+def decode_rows(raw: Any) -> list[SyncRow]:
+    """Validate rows from a peer as strictly as points from a device; raise `InvalidInput`."""
+    if not isinstance(raw, list):
+        raise DecodeError(f"rows must be an array, got {type(raw).__name__}")
+    checked: set[str] = set()
+    result = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, list | tuple) or len(item) != 11:
+            raise DecodeError(f"row {index}: must be an array of 11 fields")
+        seq, node, parent, ptype, key, t, blob, tombstone, origin, instance, instance_seq = item
+        if not isinstance(node, str) or not node or not isinstance(parent, str):
+            raise DecodeError(f"row {index}: node and parent must be strings")
+        for token in (node, parent):
+            if token and token not in checked:
+                subjects.check_node_token(token)
+                checked.add(token)
+        if not isinstance(seq, int) or not isinstance(instance_seq, int) or not isinstance(instance, str):
+            raise DecodeError(f"row {index}: seq, instance and instance_seq have the wrong types")
+        if blob is not None and not isinstance(blob, bytes):
+            raise DecodeError(f"row {index}: value must be a msgpack blob")
+        try:
+            value = unpack_value(blob)
+        except Exception as exc:
+            raise DecodeError(f"row {index}: undecodable value: {exc}") from exc
+        point = point_from_map(
+            {"type": ptype, "key": key, "time": t, "value": value, "tombstone": tombstone, "origin": origin},
+            index,
+        )
+        if point.time == 0:
+            raise InvalidInput(f"row {index}: a synced point must carry its time")
+        result.append(SyncRow(seq, node, parent, point, instance, instance_seq))
+    return result

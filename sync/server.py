@@ -1,0 +1,363 @@
+"""The upstream side of sync: serves edges that connect to this instance's NATS server.
+
+Every instance runs one, so any instance can be an upstream. An edge says hello (which attaches
+its root under ours the first time), pushes windows of its log on `sync.up.<edge>`, pulls ours
+on `sync.pull.<edge>` (each pull acknowledges the window before it, which is when our cursor
+for that edge advances), and checks digests. Nothing here blocks the NATS callback on a commit,
+except that `sync.up` rows are queued to the store inside the callback so that windows are
+committed exactly in the order they arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from siot import subjects
+from siot.codec import decode_request, encode
+from siot.errors import InvalidInput, SiotError, UnknownNode
+from siot.points import Point
+from siot.store import NODE_TYPE, TOMBSTONE, Store, Write
+from siot.store.log import LogRow, log_backlog, log_window, node_digests, state_rows, total_digest
+from siot.sync import protocol
+from siot.sync.apply import PendingWrite, collect, submit_rows
+from siot.sync.cursors import IN, OUT, CursorBook
+from siot.sync.status import LinkState, PeerStatus, Role
+
+logger = logging.getLogger(__name__)
+
+SCAN_ROWS = 5_000
+MAX_SCAN_PER_PULL = 100_000
+DIGEST_PAGE_NODES = 5_000
+MAX_STATE_NODES = 1_000
+STALE_AFTER_S = 20.0  # an edge polls every few seconds; silence beyond this means it is gone
+SUBSCRIPTION_PENDING_MSGS = 100_000
+SUBSCRIPTION_PENDING_BYTES = 256 * 1024 * 1024
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Detached(InvalidInput):
+    """The edge's root has no live parent here: it was deleted from our tree and stays detached
+    until someone re-adds (undeletes) it here."""
+
+
+def _int_field(request: dict[str, Any], name: str, default: int | None) -> int | None:
+    value = request.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"'{name}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+class SyncServer:
+    """`async with SyncServer(nc, store, book):` serves the sync subjects until left."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        store: Store,
+        book: CursorBook,
+        *,
+        window_rows: int = protocol.DEFAULT_WINDOW_ROWS,
+        window_bytes: int = protocol.DEFAULT_WINDOW_BYTES,
+    ) -> None:
+        self.nc = nc
+        self.store = store
+        self.book = book
+        self.window_rows = window_rows
+        self.window_bytes = window_bytes
+        self.peers: dict[str, PeerStatus] = {}
+        self.errors: Counter[str] = Counter()
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._remove_listener: Callable[[], None] | None = None
+
+    async def __aenter__(self) -> SyncServer:
+        limits = {
+            "pending_msgs_limit": SUBSCRIPTION_PENDING_MSGS,
+            "pending_bytes_limit": SUBSCRIPTION_PENDING_BYTES,
+        }
+        handlers = (self._on_hello, self._on_up, self._on_pull, self._on_digest, self._on_state)
+        for subject, handler in zip(protocol.SERVER_SUBJECTS, handlers, strict=True):
+            self._subs.append(await self.nc.subscribe(subject, cb=handler, **limits))
+        await self.nc.flush()
+        self._remove_listener = self.store.add_commit_listener(self._on_commit)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        if self._remove_listener:
+            self._remove_listener()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- helpers ----
+
+    def peer(self, edge: str) -> PeerStatus:
+        status = self.peers.get(edge)
+        if status is None:
+            status = self.peers[edge] = PeerStatus(peer=edge, role=Role.DOWNSTREAM)
+            status.out_cursor = self.book.get(edge, OUT) or 0
+            status.in_cursor = self.book.get(edge, IN) or 0
+        status.last_seen_ns = time.time_ns()
+        return status
+
+    def _check_attached(self, edge: str) -> None:
+        tree = self.store.tree
+        if not tree.has_node(edge):
+            raise UnknownNode(edge, "say hello on sync.hello first")
+        if not tree.live_parents(edge):
+            self.peer(edge).state = LinkState.DETACHED
+            raise Detached(f"detached: edge '{edge}' was deleted from the tree of {self.store.instance_id}")
+
+    def _members(self, edge: str) -> list[str]:
+        """The edge's subtree here, parents before children (deleted nodes included, so
+        deletes and undeletes keep flowing)."""
+        return self.store.tree.descendants(edge, include_deleted=True)
+
+    async def _reply(self, msg: Msg, payload: dict[str, Any]) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, encode(payload))
+
+    async def _fail(self, msg: Msg, edge: str, exc: Exception) -> None:
+        self.errors[edge] += 1
+        if not isinstance(exc, Detached):
+            logger.warning("sync server: refused %s: %s", msg.subject, exc)
+        if edge in self.peers:
+            self.peers[edge].error(str(exc))
+        await self._reply(msg, {"error": str(exc)})
+
+    def _serve(self, msg: Msg, handler: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
+        """Answer a request in its own task, so a slow one does not hold up other edges."""
+        edge = msg.subject.rsplit(".", 1)[1]
+
+        async def run() -> None:
+            try:
+                subjects.check_node_token(edge, what="edge id")
+                reply = await handler(edge, decode_request(msg.data))
+            except InvalidInput as exc:
+                await self._fail(msg, edge, exc)
+                return
+            except Exception as exc:
+                logger.exception("sync server: %s failed", msg.subject)
+                await self._fail(msg, edge, SiotError(f"internal error: {exc}"))
+                return
+            await self._reply(msg, {"ok": True, **reply})
+
+        self._spawn(run())
+
+    # ---- hello ----
+
+    async def _on_hello(self, msg: Msg) -> None:
+        self._serve(msg, self._hello)
+
+    async def _hello(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
+        store = self.store
+        if edge == store.instance_id:
+            raise InvalidInput(f"instance '{edge}' cannot sync with itself")
+        tree = store.tree
+        if not tree.has_node(edge):
+            parent = request.get("parent") or store.root_id
+            if not isinstance(parent, str):
+                raise InvalidInput("'parent' must be a node id")
+            subjects.check_node_token(parent, what="parent id")
+            if not tree.live_parents(parent):
+                raise UnknownNode(parent, f"no such parent in the tree of {store.instance_id}")
+            await store.submit(
+                edge, [Point(NODE_TYPE, "device"), Point(TOMBSTONE, 0)], parent=parent, via=edge
+            )
+            # Nothing logged before the attach can belong to the edge's subtree.
+            self.book.set(edge, OUT, store.last_seq)
+            logger.info("sync server: edge %s attached under %s", edge, parent)
+        status = self.peer(edge)
+        parents = tree.live_parents(edge)
+        status.state = LinkState.CONNECTED if parents else LinkState.DETACHED
+        status.out_cursor = self.book.get(edge, OUT) or 0
+        if parents:
+            logger.info("sync server: edge %s connected", edge)
+        return {
+            "instance": store.instance_id,
+            "version": protocol.PROTOCOL_VERSION,
+            "attached": bool(parents),
+            "parents": sorted(parents),
+            "inCursor": self.book.get(edge, IN) or 0,
+            "outCursor": status.out_cursor,
+            "lastSeq": store.last_seq,
+        }
+
+    # ---- up: the edge's log (or state) arriving ----
+
+    async def _on_up(self, msg: Msg) -> None:
+        edge = msg.subject.rsplit(".", 1)[1]
+        try:
+            subjects.check_node_token(edge, what="edge id")
+            request = decode_request(msg.data)
+            self._check_attached(edge)
+            to = _int_field(request, "to", None)
+            rows = protocol.decode_rows(request.get("rows", []))
+            # Queued here, inside the callback, so windows commit in arrival order.
+            pending = submit_rows(self.store, rows, via=edge, fallback_instance=edge)
+        except InvalidInput as exc:
+            await self._fail(msg, edge, exc)
+            return
+        except SiotError as exc:  # store closing
+            await self._fail(msg, edge, exc)
+            return
+        self._spawn(self._finish_up(msg, edge, pending, to, len(rows)))
+
+    async def _finish_up(
+        self, msg: Msg, edge: str, pending: list[PendingWrite], to: int | None, n: int
+    ) -> None:
+        try:
+            applied = await collect(pending)
+        except SiotError as exc:
+            await self._fail(msg, edge, exc)
+            return
+        status = self.peer(edge)
+        status.received += n
+        status.state = LinkState.CONNECTED
+        if to is not None:
+            self.book.set(edge, IN, to)
+            status.in_cursor = to
+        if applied.errors:
+            status.error("; ".join(applied.errors))
+            logger.warning("sync server: %d rows from %s refused: %s", applied.refused, edge, applied.errors)
+        status.synced()
+        await self._reply(
+            msg,
+            {
+                "ok": True,
+                "ack": to,
+                "changed": applied.changed,
+                "refused": applied.refused,
+                "errors": applied.errors,
+            },
+        )
+
+    # ---- pull: our log going down ----
+
+    async def _on_pull(self, msg: Msg) -> None:
+        self._serve(msg, self._pull)
+
+    async def _pull(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
+        self._check_attached(edge)
+        status = self.peer(edge)
+        ack = _int_field(request, "ack", None)
+        if ack is not None:
+            self.book.set(edge, OUT, ack)
+            status.out_cursor = ack
+        limit = min(_int_field(request, "limit", self.window_rows) or self.window_rows, self.window_rows)
+        after = self.book.get(edge, OUT) or 0
+        window, to = await self._window(edge, after, limit)
+        status.state = LinkState.CONNECTED
+        status.shipped += len(window)
+        status.synced()
+        return {"rows": protocol.encode_rows(window), "to": to, "lastSeq": self.store.last_seq}
+
+    async def _window(self, edge: str, after: int, limit: int) -> tuple[list[LogRow], int]:
+        """Rows after `after` that concern the edge's subtree, within the window limits, and the
+        seq up to which the log was examined (the edge acknowledges that)."""
+        members = set(self._members(edge))
+        window: list[LogRow] = []
+        size = 0
+        position = after
+        while position - after < MAX_SCAN_PER_PULL:
+            rows, scanned = await log_window(self.store, position, SCAN_ROWS, exclude_via=edge)
+            for row in rows:
+                node, parent = row[1], row[2]
+                if (parent or node) not in members:
+                    continue
+                size += protocol.row_size(row)
+                if window and (len(window) >= limit or size > self.window_bytes):
+                    return window, window[-1][0]
+                window.append(row)
+            position = scanned
+            if len(rows) < SCAN_ROWS:
+                break
+        return window, position
+
+    # ---- verification and repair ----
+
+    async def _on_digest(self, msg: Msg) -> None:
+        self._serve(msg, self._digest)
+
+    async def _digest(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
+        self._check_attached(edge)
+        after = request.get("after") or ""
+        if not isinstance(after, str):
+            raise InvalidInput("'after' must be a node id")
+        limit = min(_int_field(request, "limit", DIGEST_PAGE_NODES) or DIGEST_PAGE_NODES, DIGEST_PAGE_NODES)
+        digests = node_digests(await state_rows(self.store, self._members(edge)))
+        names = sorted(n for n in digests if n > after)
+        return {
+            "nodes": {n: digests[n] for n in names[:limit]},
+            "more": len(names) > limit,
+            "total": total_digest(digests),
+        }
+
+    async def _on_state(self, msg: Msg) -> None:
+        self._serve(msg, self._state)
+
+    async def _state(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
+        self._check_attached(edge)
+        nodes = request.get("nodes")
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+            raise InvalidInput("'nodes' must be a list of node ids")
+        if len(nodes) > MAX_STATE_NODES:
+            raise InvalidInput(f"at most {MAX_STATE_NODES} nodes per state request")
+        members = self._members(edge)
+        rows = order_state_rows(await state_rows(self.store, members, only=nodes), members)
+        return {"rows": protocol.encode_rows(rows)}
+
+    # ---- notify and status ----
+
+    async def _on_commit(self, writes: list[Write]) -> None:
+        """Tell connected edges that something in their subtree changed (not what they sent)."""
+        connected = {p for p, s in self.peers.items() if s.state == LinkState.CONNECTED}
+        if not connected:
+            return
+        tree = self.store.tree
+        hit: set[str] = set()
+        for write in writes:
+            if write.error is not None or not write.changed:
+                continue
+            anchor = write.parent or write.node
+            targets = connected.intersection(tree.ancestors(anchor) | {anchor})
+            hit.update(targets - {write.rows.via})
+        for edge in hit:
+            await self.nc.publish(protocol.notify(edge), b"")
+
+    async def status(self) -> list[dict[str, Any]]:
+        now = time.time_ns()
+        result = []
+        for edge, status in sorted(self.peers.items()):
+            if status.state == LinkState.CONNECTED and now - status.last_seen_ns > STALE_AFTER_S * 1e9:
+                status.state = LinkState.DISCONNECTED
+            backlog = await log_backlog(self.store, status.out_cursor, exclude_via=edge)
+            result.append(status.to_wire(backlog))
+        return result
+
+
+def order_state_rows(rows: list[LogRow], members: list[str]) -> list[LogRow]:
+    """Parents before children, and each node's edge rows before its node points, so a receiver
+    can create nodes before it writes their points."""
+    rank = {node: index for index, node in enumerate(members)}
+    return sorted(rows, key=lambda r: (rank.get(r[1], len(rank)), r[1], r[2] == "", r[2]))

@@ -1,0 +1,170 @@
+"""The sync node client started by every `siot serve`: the upstream-side server, one link per
+`sync` node under this instance's root, the `--upstream` flag, and `siot.sync.status`.
+
+A `sync` node (points `uri`, `authToken`, `parent`, `disabled`) configures an upstream at run
+time; `--upstream URL [--upstream-parent ID]` just creates or updates such a node on start.
+Only sync nodes directly under our own root are acted on: an edge's sync node also reaches the
+upstream's tree (it is part of the edge's subtree), and the upstream must not follow it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pydantic
+from nats.aio.msg import Msg
+
+from siot.app import AppContext, register_node_client
+from siot.client import Change
+from siot.codec import encode
+from siot.nodes.manager import NodeManager
+from siot.points import Point
+from siot.sync import protocol
+from siot.sync.cursors import CursorBook
+from siot.sync.link import LinkConfig, UpstreamLink
+from siot.sync.server import SyncServer
+from siot.sync.status import LinkState, PeerStatus, Role
+
+logger = logging.getLogger(__name__)
+
+NODE_TYPE = "sync"
+
+
+class SyncNodeConfig(pydantic.BaseModel):
+    """Points of a `sync` node. `parent` is the upstream node to attach under ("" = its root)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    id: str
+    parent: str = ""
+    uri: str = ""  # empty while the node is being created: nothing to run yet
+    authToken: str = ""
+    disabled: bool = False
+
+
+def split_token(url: str) -> tuple[str, str]:
+    """`nats://TOKEN@host:4222` -> (`nats://host:4222`, `TOKEN`); other URLs pass unchanged."""
+    parts = urlsplit(url)
+    if parts.username and not parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit(parts._replace(netloc=netloc)), parts.username
+    return url, ""
+
+
+class SyncRunner:
+    """One `sync` node: runs an `UpstreamLink` while the node is enabled and ours."""
+
+    def __init__(
+        self, ctx: AppContext, config: SyncNodeConfig, book: CursorBook, links: dict[str, SyncRunner]
+    ) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.book = book
+        self.links = links
+        self.link: UpstreamLink | None = None
+        self.status = PeerStatus(peer="", role=Role.UPSTREAM, node=config.id, uri=config.uri)
+
+    def _link_config(self) -> LinkConfig | None:
+        cfg = self.config
+        tree = self.ctx.store.tree
+        if self.ctx.store.root_id not in tree.live_parents(cfg.id):
+            return None  # a downstream edge's sync node, replicated here: not ours to run
+        # The node manager fills `parent` with the node's tree parent when no `parent` point is set.
+        parent = "" if cfg.parent in tree.parents.get(cfg.id, ()) else cfg.parent
+        uri, token = split_token(cfg.uri)
+        return LinkConfig(node=cfg.id, uri=uri, token=cfg.authToken or token, parent=parent)
+
+    async def start(self) -> None:
+        link_config = self._link_config()
+        if link_config is None or not link_config.uri:
+            return
+        if self.config.disabled:
+            self.status.state = LinkState.DISABLED
+            self.links[self.config.id] = self
+            logger.info("sync: node %s is disabled", self.config.id)
+            return
+        self.link = UpstreamLink(self.ctx.store, self.book, link_config)
+        self.links[self.config.id] = self
+        await self.link.start()
+
+    async def update(self, config: SyncNodeConfig, change: Change | None) -> None:
+        if config == self.config:
+            return
+        await self.stop()
+        self.config = config
+        await self.start()
+
+    async def stop(self) -> None:
+        self.links.pop(self.config.id, None)
+        if self.link is not None:
+            await self.link.stop()
+            self.link = None
+
+    async def status_wire(self) -> dict[str, Any]:
+        if self.link is None:
+            return self.status.to_wire(0)
+        return self.link.status.to_wire(await self.link.backlog())
+
+
+async def apply_upstream_flag(ctx: AppContext) -> None:
+    """Create or update the `sync` node under our root from `--upstream`/`--upstream-parent`."""
+    url = ctx.config.upstream
+    if not url:
+        return
+    uri, token = split_token(url)
+    wanted = {"uri": uri, "parent": ctx.config.upstream_parent or "", "disabled": False}
+    if token:
+        wanted["authToken"] = token
+    root = ctx.store.root_id
+    existing = await ctx.client.children(root, type=NODE_TYPE)
+    if not existing:
+        node = await ctx.client.create_node(
+            root, NODE_TYPE, [Point("description", "upstream"), *(Point(k, v) for k, v in wanted.items())]
+        )
+        logger.info("sync: created sync node %s for upstream %s", node, uri)
+        return
+    info = existing[0]
+    changed = [Point(k, v) for k, v in wanted.items() if info.value(k) != v]
+    if changed:
+        await ctx.client.send_points(info.id, changed)
+        logger.info("sync: updated sync node %s for upstream %s", info.id, uri)
+
+
+@register_node_client
+@contextlib.asynccontextmanager
+async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
+    """Serve edges, run our own upstream links, and answer `siot.sync.status`."""
+    async with CursorBook(ctx.store) as book, SyncServer(ctx.nc, ctx.store, book) as server:
+        await apply_upstream_flag(ctx)
+        runners: dict[str, SyncRunner] = {}
+
+        def factory(c: AppContext, config: SyncNodeConfig) -> SyncRunner:
+            return SyncRunner(c, config, book, runners)
+
+        async def on_status(msg: Msg) -> None:
+            try:
+                peers = [await r.status_wire() for r in list(runners.values())]
+                peers += await server.status()
+                reply: dict[str, Any] = {
+                    "ok": True,
+                    "instance": ctx.store.instance_id,
+                    "lastSeq": ctx.store.last_seq,
+                    "peers": peers,
+                }
+            except Exception as exc:
+                logger.exception("sync: status failed")
+                reply = {"error": f"internal error: {exc}"}
+            if msg.reply:
+                await ctx.nc.publish(msg.reply, encode(reply))
+
+        sub = await ctx.nc.subscribe(protocol.STATUS, cb=on_status)
+        try:
+            async with NodeManager(ctx, NODE_TYPE, SyncNodeConfig, factory):
+                yield
+        finally:
+            await sub.unsubscribe()

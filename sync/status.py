@@ -1,0 +1,72 @@
+"""What `siot sync status` shows: one record per peer, kept up to date by the link (edge side)
+or the server (upstream side), and served on `siot.sync.status` by the sync service."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class LinkState(StrEnum):
+    CONNECTING = "connecting"  # no connection to the peer yet
+    CONNECTED = "connected"  # attached and syncing
+    DISCONNECTED = "disconnected"  # was connected; nats-py is reconnecting
+    DETACHED = "detached"  # the upstream deleted this edge from its tree; waiting to be re-added
+    DISABLED = "disabled"  # the sync node says disabled
+
+
+class Role(StrEnum):
+    UPSTREAM = "upstream"  # the peer is our upstream (we are the edge)
+    DOWNSTREAM = "downstream"  # the peer is an edge of ours
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    peer: str
+    role: Role
+    state: LinkState = LinkState.CONNECTING
+    uri: str = ""
+    node: str = ""  # the sync node that configures this link (edge side)
+    out_cursor: int = 0  # our log, acknowledged by the peer
+    in_cursor: int = 0  # the peer's log, applied here
+    shipped: int = 0  # rows sent since start
+    received: int = 0  # rows applied since start
+    last_error: str = ""
+    last_error_ns: int = 0
+    last_sync_ns: int = 0  # last time a sync round completed or a window was acknowledged
+    last_seen_ns: int = 0
+    digest: str = ""
+    digest_ok: bool | None = None
+    digest_ns: int = 0
+    repairs: int = 0
+
+    def error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_ns = time.time_ns()
+
+    def synced(self) -> None:
+        self.last_sync_ns = self.last_seen_ns = time.time_ns()
+
+    def to_wire(self, backlog: int) -> dict[str, Any]:
+        return {
+            "peer": self.peer,
+            "role": str(self.role),
+            "state": str(self.state),
+            "uri": self.uri,
+            "node": self.node,
+            "outCursor": self.out_cursor,
+            "inCursor": self.in_cursor,
+            "backlog": backlog,
+            "shipped": self.shipped,
+            "received": self.received,
+            "lastError": self.last_error,
+            "lastErrorTime": self.last_error_ns,
+            "lastSyncTime": self.last_sync_ns,
+            "lastSeenTime": self.last_seen_ns,
+            "digest": self.digest,
+            "digestOk": self.digest_ok,
+            "digestTime": self.digest_ns,
+            "repairs": self.repairs,
+        }
