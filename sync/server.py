@@ -340,7 +340,8 @@ class SyncServer:
             if write.error is not None or not write.changed:
                 continue
             anchor = write.parent or write.node
-            targets = connected.intersection(tree.ancestors(anchor) | {anchor})
+            # The edge's own root counts too, so an edge learns at once that it was detached.
+            targets = connected.intersection(tree.ancestors(anchor) | {anchor, write.node})
             hit.update(targets - {write.rows.via})
         for edge in hit:
             await self.nc.publish(protocol.notify(edge), b"")

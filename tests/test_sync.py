@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import SiotProcess
+from support import SiotProcess, free_port
 from sync_support import build_tree, snapshot, sync_status, until, upstream_settled
 
 from siot.client import Client
+from siot.errors import RequestFailed
 from siot.points import Point
 
 
@@ -73,3 +75,169 @@ async def test_attach_initial_sync_and_changes_both_ways(
         await edge.close()
     finally:
         edge_proc.stop()
+
+
+SENSORS = 10
+VALUES_PER_SENSOR = 1_000  # 10,000 points written while apart
+
+
+async def write_history(client: Client, sensors: list[str], per_sensor: int, start_ns: int) -> None:
+    """`per_sensor` values of `temp` per sensor, 1 ms apart, one batch per sensor."""
+    for sensor in sensors:
+        batch = [Point("temp", float(i), time=start_ns + i * 1_000_000) for i in range(per_sensor)]
+        await client.send_points(sensor, batch)
+
+
+async def test_outage_loses_no_history_and_conflicts_converge(tmp_path: Path):
+    cloud = await start(SiotProcess(data_dir=tmp_path / "cloud", instance_id="cloud"))
+    edge_proc = await start(
+        SiotProcess(data_dir=tmp_path / "edge", instance_id="edge-1", extra_args=["--upstream", cloud.url])
+    )
+    try:
+        edge = await connect(edge_proc)
+        sensors = [await edge.create_node(edge.root_id, "device") for _ in range(SENSORS)]
+        await until(lambda: upstream_settled(edge))
+
+        # Apart: the cloud dies (siot and its nats-server), the edge keeps writing.
+        await asyncio.to_thread(cloud.kill)
+        t0 = time.time_ns()
+        await write_history(edge, sensors, VALUES_PER_SENSOR, t0)
+        await edge.send_points(sensors[0], [Point("setpoint", 1.0, time=t0 + 2, origin="edge-user")])
+        await edge.send_points(sensors[0], [Point("mode", "edge", time=t0 + 5, origin="edge-user")])
+
+        # The cloud comes back where the edge cannot see it, and its stale copy is written too.
+        stale_port = cloud.port
+        cloud.port = free_port()
+        await start(cloud)
+        cloud_client = await connect(cloud)
+        await cloud_client.send_points(sensors[0], [Point("setpoint", 2.0, time=t0 + 1, origin="cloud-user")])
+        await cloud_client.send_points(sensors[0], [Point("mode", "cloud", time=t0 + 5, origin="cloud-user")])
+        await cloud_client.send_points(sensors[1], [Point("setpoint", 7.0, time=t0 + 3, origin="cloud-user")])
+        await cloud_client.close()
+        await asyncio.to_thread(cloud.stop)
+
+        # Together again, on the address the edge knows; the edge was never restarted.
+        cloud.port = stale_port
+        await start(cloud)
+        cloud_client = await connect(cloud)
+        await until(lambda: upstream_settled(edge), timeout_s=60)
+
+        for sensor in sensors:
+            history = await cloud_client.history(sensor, "temp", limit=VALUES_PER_SENSOR * 2)
+            assert [p.time for p in history] == [t0 + i * 1_000_000 for i in range(VALUES_PER_SENSOR)]
+        for client in (edge, cloud_client):
+            node = await client.get_node(sensors[0])
+            assert node.value("setpoint") == 1.0  # newer time wins
+            assert node.value("mode") == "edge"  # equal time: greater origin wins
+            assert (await client.get_node(sensors[1])).value("setpoint") == 7.0
+        assert await snapshot(edge, "edge-1") == await snapshot(cloud_client, "edge-1")
+        await cloud_client.close()
+        await edge.close()
+    finally:
+        edge_proc.stop()
+        cloud.stop()
+
+
+async def test_edge_killed_during_catch_up_resumes_without_loss_or_duplicates(tmp_path: Path):
+    cloud = SiotProcess(data_dir=tmp_path / "cloud", instance_id="cloud")
+    edge_proc = await start(
+        SiotProcess(data_dir=tmp_path / "edge", instance_id="edge-1", extra_args=["--upstream", cloud.url])
+    )
+    try:
+        edge = await connect(edge_proc)
+        sensors = [await edge.create_node(edge.root_id, "device") for _ in range(SENSORS)]
+        per_sensor = 3 * VALUES_PER_SENSOR
+        t0 = time.time_ns()
+        await write_history(edge, sensors, per_sensor, t0)
+        await edge.close()
+
+        await start(cloud)  # the edge has been trying all along; catch-up starts now
+        cloud_client = await connect(cloud)
+
+        async def catching_up() -> bool:
+            return (await cloud_client.stats())["lastSeq"] > 2 * SENSORS
+
+        await until(catching_up)
+        await asyncio.to_thread(edge_proc.kill)
+        arrived = (await cloud_client.stats())["lastSeq"]
+        await start(edge_proc)
+        edge = await connect(edge_proc)
+        await until(lambda: upstream_settled(edge), timeout_s=60)
+
+        for sensor in sensors:
+            history = await cloud_client.history(sensor, "temp", limit=per_sensor * 2)
+            assert [p.time for p in history] == [t0 + i * 1_000_000 for i in range(per_sensor)]
+        assert await snapshot(edge, "edge-1") == await snapshot(cloud_client, "edge-1")
+        print(f"cloud log held {arrived} entries when the edge was killed")
+        await cloud_client.close()
+        await edge.close()
+    finally:
+        edge_proc.stop()
+        cloud.stop()
+
+
+async def peer_state(client: Client, state: str) -> dict | None:
+    for peer in (await sync_status(client))["peers"]:
+        if peer["role"] == "upstream" and peer["state"] == state:
+            return peer
+    return None
+
+
+async def test_two_edges_are_isolated_and_cloud_deletes_and_detaches(
+    tmp_path: Path, cloud: SiotProcess, cloud_client: Client
+):
+    site = await cloud_client.create_node(cloud_client.root_id, "group", [Point("description", "site B")])
+    a_proc = await start(
+        SiotProcess(data_dir=tmp_path / "a", instance_id="edge-a", extra_args=["--upstream", cloud.url])
+    )
+    b_proc = await start(
+        SiotProcess(
+            data_dir=tmp_path / "b",
+            instance_id="edge-b",
+            extra_args=["--upstream", cloud.url, "--upstream-parent", site],
+        )
+    )
+    try:
+        a, b = await connect(a_proc), await connect(b_proc)
+        a_sensor = await a.create_node(a.root_id, "device", [Point("temp", 1.0)])
+        b_sensor = await b.create_node(b.root_id, "device", [Point("temp", 2.0)])
+        await until(lambda: upstream_settled(a))
+        await until(lambda: upstream_settled(b))
+        assert [n.id for n in await cloud_client.children(site)] == ["edge-b"]
+        await cloud_client.send_points(b_sensor, [Point("setpoint", 5.0)])
+
+        async def b_has_setpoint() -> bool:
+            return (await b.get_node(b_sensor)).value("setpoint") == 5.0
+
+        await until(b_has_setpoint)
+        for node in ("edge-b", b_sensor, site):
+            with pytest.raises(RequestFailed):
+                await a.get_node(node)
+        with pytest.raises(RequestFailed):
+            await b.get_node(a_sensor)
+
+        # A node deleted in the cloud stays deleted on the edge.
+        await cloud_client.delete_node(a_sensor, "edge-a")
+
+        async def a_sensor_deleted() -> bool:
+            return (await a.get_node(a_sensor)).deleted
+
+        await until(a_sensor_deleted)
+
+        # An edge deleted from the cloud tree detaches until it is re-added there.
+        await cloud_client.delete_node("edge-b", site)
+        await until(lambda: peer_state(b, "detached"))
+        await b.send_points(b_sensor, [Point("temp", 3.0)])
+        assert (await cloud_client.get_node(b_sensor)).value("temp") == 2.0
+        await cloud_client.undelete_node("edge-b", site)
+
+        async def cloud_has_new_temp() -> bool:
+            return (await cloud_client.get_node(b_sensor)).value("temp") == 3.0
+
+        await until(cloud_has_new_temp, timeout_s=30)
+        await until(lambda: upstream_settled(b))
+        await a.close()
+        await b.close()
+    finally:
+        a_proc.stop()
+        b_proc.stop()
