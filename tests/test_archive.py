@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import msgpack
+from ingest_support import wait_listening, wait_point
 from support import free_port
 
 from siot.app import App, ServeConfig
@@ -53,18 +53,11 @@ async def test_archive_node_writes_what_it_sees(tmp_path: Path) -> None:
     async with App(config) as app, await Client.connect(app.context.broker_url) as client:
         await client.load_root()
         archive = await client.create_node(client.root_id, "archive", [Point("topic", "sensors/#")])
-        folder = tmp_path / "data" / "archive" / "sensors.soil3"
-        async with asyncio.timeout(10):
-            while not folder.exists():  # retried until the runner has subscribed
-                await client.nc.publish("sensors.soil3", b'{"humidity": 29}')
-                await client.nc.flush()
-                await asyncio.sleep(0.05)
-        await client.delete_node(archive, client.root_id)  # stopping the runner flushes its files
-        async with asyncio.timeout(10):
-            while True:  # the manager stops the runner after it sees the deletion
-                files = list(folder.glob("*.jsonl"))
-                if files and files[0].read_text():
-                    break
-                await asyncio.sleep(0.05)
-        first = lines(files[0])[0]
+        await wait_listening(client, archive)
+        await client.nc.publish("sensors.soil3", b'{"humidity": 29}')
+        await client.delete_node(archive, client.root_id)
+        # `stopped` is written after the runner has handled what arrived and flushed its files
+        await wait_point(client, archive, "state", "stopped")
+        [day_file] = (tmp_path / "data" / "archive" / "sensors.soil3").glob("*.jsonl")
+        [first] = lines(day_file)
         assert first["subject"] == "sensors.soil3" and first["payload"] == {"humidity": 29}

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
+from ingest_support import wait_children, wait_listening, wait_point
 from support import free_port
 
 from siot.app import App, ServeConfig
-from siot.client import Client, NodeInfo
+from siot.client import Client
 from siot.cmd.mqtt_link import MqttLink
 from siot.errors import RequestFailed
 from siot.nodes.ingest import IngestConfig, TimeUnit, map_message, parse_time_ns, topic_filter_to_subjects
 from siot.points import Point
 
 TOKEN = "s3cret"
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -49,32 +47,6 @@ async def mqtt(app: App) -> AsyncIterator[MqttLink]:
     link.close()
 
 
-async def until(client: Client, node: str, check: Callable[[], Awaitable[T | None]]) -> T:
-    """Re-check after every committed change under `node` until `check` gives a value."""
-    async with client.changes(node) as changes, asyncio.timeout(10):
-        while (result := await check()) is None:
-            await changes.get()
-        return result
-
-
-async def wait_children(client: Client, parent: str, count: int) -> list[NodeInfo]:
-    async def check() -> list[NodeInfo] | None:
-        kids = await client.children(parent)
-        return kids if len(kids) >= count else None
-
-    return await until(client, parent, check)
-
-
-async def wait_point(client: Client, node: str, ptype: str, value: object = None) -> Point:
-    async def check() -> Point | None:
-        for p in (await client.get_node(node)).points:
-            if p.type == ptype and (value is None or p.value == value):
-                return p
-        return None
-
-    return await until(client, node, check)
-
-
 def test_topic_filters_and_times() -> None:
     assert topic_filter_to_subjects("sensors/#") == ["sensors.>", "sensors"]
     assert topic_filter_to_subjects("/pressure/data") == ["/.pressure.data"]
@@ -91,6 +63,23 @@ def test_topic_filters_and_times() -> None:
     [reading] = map_message(config, "/.pressure.data", b'{"deviceid":"W4uk2","pressure":812,"t":5,"x":{}}', 9)
     assert reading.device == "W4uk2"
     assert [(p.type, p.value, p.time) for p in reading.points] == [("pressure", 812, 5 * 10**9)]
+
+
+def test_nested_objects_flatten_to_point_types() -> None:
+    config = IngestConfig(id="i", parent="p", subject="plant", deviceField="meta_id", timeField="meta_t")
+    message = {"meta": {"id": "b1", "t": 7}, "env": {"t": 21.5, "air": {"co2": 400}}, "tags": [1, 2]}
+    [reading] = map_message(config, "plant", json.dumps(message).encode(), 9)
+    assert reading.device == "b1"
+    assert [(p.type, p.value, p.time) for p in reading.points] == [
+        ("env_t", 21.5, 7 * 10**9),
+        ("env_air_co2", 400, 7 * 10**9),
+    ]
+    mapped = IngestConfig(id="i", parent="p", subject="plant", deviceField="meta_id", field={"env_t": "temp"})
+    assert [p.type for p in map_message(mapped, "plant", json.dumps(message).encode(), 9)[0].points] == [
+        "temp"
+    ]
+    with pytest.raises(ValueError, match="'env_t' appears twice"):
+        map_message(config, "plant", b'{"meta": {"id": "b1"}, "env_t": 1, "env": {"t": 2}}', 9)
 
 
 async def test_mqtt_p_topic_qos0_and_qos1_with_token(app: App, client: Client, mqtt: MqttLink) -> None:
@@ -123,59 +112,59 @@ async def test_ingest_seed_payloads_create_devices_once(app: App, client: Client
             Point("timeField", "sensordatetime"),
         ],
     )
-    await asyncio.sleep(0)  # the manager starts runners from the change feed
-    await wait_point(client, soil, "topic")
+    await wait_listening(client, soil)
+    await wait_listening(client, pressure)
     soil_msg = {"name": "soilSensor3", "humidity": 29, "timeStampEpoch": 1598536072677}
-    async with asyncio.timeout(10):
-        while not (await client.children(soil)):
-            await mqtt.publish("sensors/soil3", json.dumps(soil_msg).encode(), qos=1)
-            await asyncio.sleep(0.05)
+    await mqtt.publish("sensors/soil3", json.dumps(soil_msg).encode(), qos=1)
     await mqtt.publish(
         "sensors/soil3",
         json.dumps({**soil_msg, "humidity": 30.5, "timeStampEpoch": 1598536073000}).encode(),
         qos=1,
     )
     pmsg = {"pressure": 812, "viscosity": 40, "deviceid": "W4uk2", "sensordatetime": "2020-08-27T13:47:52Z"}
-    async with asyncio.timeout(10):
-        while not (await client.children(pressure)):
-            await mqtt.publish("/pressure/data", json.dumps(pmsg).encode(), qos=0)
-            await asyncio.sleep(0.05)
+    await mqtt.publish("/pressure/data", json.dumps(pmsg).encode(), qos=0)
     [device] = await wait_children(client, soil, 1)
+    p = await wait_point(client, device.id, "humidity", 30.5)  # sent after the device's metadata
+    assert p.time == 1598536073000 * 10**6
+    device = await client.get_node(device.id)
     assert device.description == "soilSensor3" and device.type == "device"
     assert device.value("tag", "site") == "north"
-    p = await wait_point(client, device.id, "humidity", 30.5)
-    assert p.time == 1598536073000 * 10**6
     history = await client.history(device.id, "humidity")
     assert {h.value for h in history} >= {29, 30.5} and isinstance(history[0].value, int)
     [pdev] = await wait_children(client, pressure, 1)
-    assert pdev.description == "W4uk2"
     point = await wait_point(client, pdev.id, "viscosity")
     assert point.value == 40 and point.time == 1598536072 * 10**9
+    assert (await client.get_node(pdev.id)).description == "W4uk2"
     # a bad message becomes an error point on the ingest node, not a crash
     await mqtt.publish("/pressure/data", b'{"pressure": 1}', qos=1)
-    error = await wait_point(client, pressure, "error")
-    assert "no device field 'deviceid'" in error.value
+    await wait_point(client, pressure, "error", where=lambda p: "no device field 'deviceid'" in p.value)
     assert len(await client.children(pressure)) == 1
 
 
-async def test_ingest_over_nats_replies_after_commit_and_survives_restart(tmp_path: Path) -> None:
+async def test_deleted_device_stays_deleted_across_restart_until_undeleted(tmp_path: Path) -> None:
+    """Over NATS requests the ingest node replies after commit, so no waiting is needed."""
     config = ServeConfig(data_dir=tmp_path / "data", nats_port=free_port(), monitor_port=0)
-    for attempt in range(2):
-        async with App(config) as app, await Client.connect(app.context.broker_url) as client:
-            await client.load_root()
-            if attempt == 0:
-                ingest = await client.create_node(
-                    client.root_id, "ingest", [Point("subject", "plant.*"), Point("deviceTopicLevel", 1)]
-                )
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        reply = await client.request(
-                            "plant.boiler", json.dumps({"temp": 80 + attempt}).encode()
-                        )
-                        break
-                    except RequestFailed:  # the runner is not subscribed yet
-                        await asyncio.sleep(0.05)
-            assert reply == {"ok": True}
-            [device] = await client.children(ingest)
-            assert device.description == "boiler" and device.value("temp") == 80 + attempt
+    boiler = json.dumps({"temp": 80, "env": {"rh": 40}}).encode()
+    async with App(config) as app, await Client.connect(app.context.broker_url) as client:
+        await client.load_root()
+        ingest = await client.create_node(
+            client.root_id, "ingest", [Point("subject", "plant.*"), Point("deviceTopicLevel", 1)]
+        )
+        await wait_listening(client, ingest)
+        assert await client.request("plant.boiler", boiler) == {"ok": True}
+        [device] = await client.children(ingest)
+        assert device.description == "boiler" and device.value("temp") == 80
+        assert device.value("env_rh") == 40  # nested objects are flattened with "_"
+        await client.delete_node(device.id, ingest)
+        with pytest.raises(RequestFailed, match=r"device 'boiler' \(.+\) was deleted; .* \(1 so far\)"):
+            await client.request("plant.boiler", boiler)
+        await wait_point(client, ingest, "error", where=lambda p: "was deleted" in p.value)
+    async with App(config) as app, await Client.connect(app.context.broker_url) as client:
+        await wait_listening(client, ingest)  # written by the runner before App returned
+        with pytest.raises(RequestFailed, match="was deleted"):
+            await client.request("plant.boiler", boiler)
+        assert await client.children(ingest) == []
+        await client.undelete_node(device.id, ingest)
+        assert await client.request("plant.boiler", json.dumps({"temp": 81}).encode()) == {"ok": True}
+        [again] = await client.children(ingest, deleted=True)
+        assert again.id == device.id and again.value("temp") == 81

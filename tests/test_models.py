@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
 import pytest
+from ingest_support import wait_point
 from support import free_port
 
 from siot.app import App, ServeConfig
@@ -75,15 +75,6 @@ def test_model_problems_are_reported() -> None:
     assert isinstance(model, Model) and model.allow_other and not model.record_rejected
 
 
-async def _wait_for(client: Client, node: str, ptype: str) -> Point:
-    async with asyncio.timeout(10):
-        while True:
-            for p in (await client.get_node(node)).points:
-                if p.type == ptype:
-                    return p
-            await asyncio.sleep(0.02)
-
-
 async def test_device_with_model_is_validated_counted_and_rejects_recorded(client: Client) -> None:
     model = await client.create_node(client.root_id, "model", SOIL_MODEL)
     free = await client.create_node(client.root_id, "device")
@@ -93,7 +84,7 @@ async def test_device_with_model_is_validated_counted_and_rejects_recorded(clien
     with pytest.raises(RequestFailed) as info:
         await client.send_points(device, [Point("humidity", 30, time=2), Point("humidity", 150, key="2")])
     assert str(info.value) == "point 1, field 'value': humidity=150 breaks rule max=100 of model 'soil'"
-    rejected = await _wait_for(client, device, "rejected")
+    rejected = await wait_point(client, device, "rejected")
     assert rejected.key == "humidity" and rejected.value["value"] == 150
     assert "max=100" in rejected.value["error"]
     info_node = await client.get_node(device)

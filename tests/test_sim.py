@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from ingest_support import wait_listening
 from support import SIOT_BIN, SiotProcess, free_port
 
 from siot.client import Client
@@ -34,34 +35,38 @@ def test_sim_points_over_nats_every_ack_is_stored(siot_process: SiotProcess) -> 
 def test_sim_raw_soil_over_mqtt_through_ingest(tmp_path: Path) -> None:
     mqtt_port = free_port()
     proc = SiotProcess(data_dir=tmp_path / "d", env={"SIOT_MQTT_PORT": str(mqtt_port)}).start()
+    args = ["--transport", "mqtt", "--mqtt-port", str(mqtt_port), "--mode", "raw", "--preset", "soil"]
+
+    async def scenario() -> tuple[dict, int]:
+        async with await Client.connect(proc.url, reconnect_forever=False) as client:
+            await client.load_root()
+            fields = [
+                Point("topic", "sensors/+"),
+                Point("deviceField", "name"),
+                Point("timeField", "timeStampEpoch"),
+            ]
+            ingest = await client.create_node(client.root_id, "ingest", fields)
+            await wait_listening(client, ingest)
+            async with client.changes(ingest) as changes:
+                sim = asyncio.create_task(
+                    asyncio.to_thread(
+                        run_sim, *args, "-n", "3", "--count", "5", "--rate", "20", "--seed", "3"
+                    )
+                )
+                committed = 0
+                async with asyncio.timeout(30):
+                    while committed < 15:  # every humidity point committed under the ingest node
+                        change = await changes.get()
+                        committed += sum(p.type == "humidity" for p in change.points)
+                summary = await sim
+            kids = await client.children(ingest)
+            assert sorted(k.description for k in kids) == sorted(summary["device_ids"])
+            stored = sum([len(await client.history(k.id, "humidity")) for k in kids])
+            return summary, stored
+
     try:
-
-        async def setup() -> str:
-            async with await Client.connect(proc.url, reconnect_forever=False) as client:
-                await client.load_root()
-                fields = [
-                    Point("topic", "sensors/+"),
-                    Point("deviceField", "name"),
-                    Point("timeField", "timeStampEpoch"),
-                ]
-                return await client.create_node(client.root_id, "ingest", fields)
-
-        ingest = asyncio.run(setup())
-        args = ["--transport", "mqtt", "--mqtt-port", str(mqtt_port), "--mode", "raw", "--preset", "soil"]
-        summary = run_sim(*args, "-n", "3", "--count", "5", "--rate", "20", "--seed", "3")
+        summary, stored = asyncio.run(scenario())
         assert summary["acked"] == 15 and summary["errors"] == 0
-
-        async def stored() -> int:
-            async with await Client.connect(proc.url, reconnect_forever=False) as client:
-                async with asyncio.timeout(20):
-                    while True:
-                        kids = await client.children(ingest)
-                        count = sum([len(await client.history(k.id, "humidity")) for k in kids])
-                        if count >= 15:
-                            assert sorted(k.description for k in kids) == sorted(summary["device_ids"])
-                            return count
-                        await asyncio.sleep(0.05)
-
-        assert asyncio.run(stored()) == summary["points_acked"] == 15
+        assert stored == summary["points_acked"] == 15
     finally:
         proc.stop()

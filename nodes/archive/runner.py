@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from siot.app import AppContext
@@ -16,6 +15,7 @@ from siot.client import Change
 from siot.errors import InvalidInput
 from siot.nodes.archive.writer import ArchiveWriter
 from siot.nodes.ingest.topics import topic_filter_to_subjects
+from siot.nodes.listener import Listener, ListenerState
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,12 @@ class ArchiveRunner:
         self.ctx = ctx
         self.config = config
         self.writer = ArchiveWriter(root or ctx.config.data_dir / ARCHIVE_DIR)
-        self._subs: list[Subscription] = []
+        self._listener = Listener(ctx, config.id, self._on_msg)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.writer.prune(self.config.retention_days)
-        if not self.config.disabled:
-            for subject in self.config.subjects:
-                self._subs.append(await self.ctx.nc.subscribe(subject, cb=self._on_msg))
-            await self.ctx.nc.flush()
+        await self._listener.listen(self.config.subjects, disabled=self.config.disabled)
         self._task = asyncio.create_task(self._housekeeping(), name=f"archive {self.config.id}")
         logger.info("archive %s: %s -> %s", self.config.id, ", ".join(self.config.subjects), self.writer.root)
 
@@ -95,19 +92,16 @@ class ArchiveRunner:
                 logger.exception("archive %s: housekeeping failed", self.config.id)
 
     async def update(self, config: ArchiveConfig, change: Change | None) -> None:
-        restart = (config.subjects, config.disabled) != (self.config.subjects, self.config.disabled)
-        if restart:
-            await self.stop()
-            self.config = config
-            await self.start()
-        else:
-            self.config = config
-            self.writer.prune(config.retention_days)
+        resubscribe = (config.subjects, config.disabled) != (self.config.subjects, self.config.disabled)
+        self.config = config
+        if resubscribe:
+            await self._listener.listen(config.subjects, disabled=config.disabled)
+        self.writer.prune(config.retention_days)
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
-        self._subs.clear()
+        """Stop taking messages, write out what arrived, then report `stopped`: once the node
+        says so, its files are complete."""
+        await self._listener.drain()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,3 +109,4 @@ class ArchiveRunner:
             self._task = None
         self.writer.flush()
         self.writer.close()
+        await self._listener.report(ListenerState.STOPPED)

@@ -18,6 +18,8 @@ from siot.nodes.ingest.topics import subject_to_levels
 from siot.points import MAX_TOKEN_BYTES, Point
 
 _ILLEGAL_TYPE_CHARS = re.compile(r"[.*>\s]")
+NESTED_SEPARATOR = "_"
+MAX_NESTING = 16
 _UNIT_NS = {TimeUnit.S: 10**9, TimeUnit.MS: 10**6, TimeUnit.US: 10**3, TimeUnit.NS: 1}
 
 
@@ -66,6 +68,29 @@ def parse_time_ns(value: Any, unit: TimeUnit) -> int:
     raise InvalidPoint(f"not a timestamp: {value!r}", field="time")
 
 
+def flatten(message: dict[str, Any]) -> dict[str, Any]:
+    """Nested objects become top-level fields named by their path joined with `_`:
+    `{"env": {"t": 1}}` -> `{"env_t": 1}`. One flat name space keeps every value its own point
+    type (so a data model can give each its own unit and range), and lets `deviceField`,
+    `timeField` and `field` name nested values the same way. Lists are left as they are."""
+    flat: dict[str, Any] = {}
+
+    def walk(obj: dict[str, Any], prefix: str, depth: int) -> None:
+        if depth > MAX_NESTING:
+            raise InvalidInput(f"message nests objects deeper than {MAX_NESTING} levels")
+        for name, value in obj.items():
+            path = f"{prefix}{NESTED_SEPARATOR}{name}" if prefix else str(name)
+            if isinstance(value, dict):
+                walk(value, path, depth + 1)
+            elif path in flat:
+                raise InvalidInput(f"field {path!r} appears twice once nested objects are flattened")
+            else:
+                flat[path] = value
+
+    walk(message, "", 1)
+    return flat
+
+
 def _device_name(config: IngestConfig, message: dict[str, Any], levels: list[str]) -> str:
     if config.device_field:
         name = message.get(config.device_field)
@@ -102,6 +127,7 @@ def map_message(config: IngestConfig, subject: str, data: bytes, receive_ns: int
     for message in messages:
         if not isinstance(message, dict):
             raise InvalidInput(f"a device message must be a JSON object, got {type(message).__name__}")
+        message = flatten(message)
         device = _device_name(config, message, levels)
         time_ns = receive_ns
         if config.time_field and message.get(config.time_field) is not None:

@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from siot.api import SUBSCRIPTION_PENDING_BYTES, SUBSCRIPTION_PENDING_MSGS
 from siot.app import AppContext
 from siot.client import Change
 from siot.codec import encode
 from siot.errors import InvalidInput, SiotError
 from siot.nodes.ingest.config import IngestConfig
 from siot.nodes.ingest.mapping import Mapped, map_message
+from siot.nodes.listener import Listener
 from siot.points import Point
 
 logger = logging.getLogger(__name__)
@@ -25,9 +25,17 @@ logger = logging.getLogger(__name__)
 ERROR_POINT_MIN_INTERVAL_NS = 1_000_000_000
 
 
+class DeletedDevice(InvalidInput):
+    """A message names a device that was deleted: it stays deleted, the message is refused."""
+
+
 class IngestRunner:
     """Devices are found again by name: the map is rebuilt from the ingest node's children (their
-    `description`) on start, and a device whose edge was deleted is created anew.
+    `description`, deleted ones included) on start.
+
+    A device deleted by a user stays deleted: its messages are refused, counted and reported as
+    the ingest node's `error` point, so a sensor still sending cannot bring back what was removed.
+    Undeleting the device (or moving it elsewhere) lets its messages in again.
 
     A message with a reply subject gets `{"ok": true}` once its points are committed, or
     `{"error"}`; others (MQTT, plain publishes) are sent without waiting, in arrival order."""
@@ -38,7 +46,8 @@ class IngestRunner:
         self.devices: dict[str, str] = {}
         self.received = 0
         self.errors = 0
-        self._subs: list[Subscription] = []
+        self.refused: Counter[str] = Counter()  # messages refused per deleted device name
+        self._listener = Listener(ctx, config.id, self._on_msg)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_error_ns = 0
 
@@ -47,11 +56,12 @@ class IngestRunner:
         return self.config.id
 
     async def start(self) -> None:
-        for child in await self.ctx.client.children(self.node):
+        # live devices first, so a name that is both deleted and live maps to the live one
+        children = sorted(await self.ctx.client.children(self.node, deleted=True), key=lambda c: c.deleted)
+        for child in children:
             if child.description:
                 self.devices.setdefault(child.description, child.id)
-        if not self.config.disabled:
-            await self._subscribe()
+        await self._listener.listen(self.config.subjects, disabled=self.config.disabled)
         logger.info(
             "ingest %s: %s on %s, %d known device(s)",
             self.node,
@@ -60,34 +70,19 @@ class IngestRunner:
             len(self.devices),
         )
 
-    async def _subscribe(self) -> None:
-        limits = {
-            "pending_msgs_limit": SUBSCRIPTION_PENDING_MSGS,
-            "pending_bytes_limit": SUBSCRIPTION_PENDING_BYTES,
-        }
-        for subject in self.config.subjects:
-            self._subs.append(await self.ctx.nc.subscribe(subject, cb=self._on_msg, **limits))
-        await self.ctx.nc.flush()
-
-    async def _unsubscribe(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
-        self._subs.clear()
-
     async def update(self, config: IngestConfig, change: Change | None) -> None:
         old = self.config
         self.config = config
         if (old.subjects, old.disabled) != (config.subjects, config.disabled):
-            await self._unsubscribe()
-            if not config.disabled:
-                await self._subscribe()
+            await self._listener.listen(config.subjects, disabled=config.disabled)
             logger.info("ingest %s: now on %s", self.node, ", ".join(config.subjects))
         if (old.tags, old.device_model) != (config.tags, config.device_model):
             for device in list(self.devices.values()):
-                await self.ctx.client.send_points(device, self._metadata(), ack=False)
+                if self._live(device):
+                    await self.ctx.client.send_points(device, self._metadata(), ack=False)
 
     async def stop(self) -> None:
-        await self._unsubscribe()
+        await self._listener.close()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -104,10 +99,21 @@ class IngestRunner:
             points.append(Point("model", self.config.device_model, time=now, origin=self.node))
         return points
 
+    def _live(self, device: str) -> bool:
+        return bool(self.ctx.store.tree.live_parents(device))
+
     async def _device_id(self, name: str) -> str:
+        """The device node for `name`, created under the ingest node on first sight.
+        Raises `DeletedDevice` for a device a user deleted."""
         device = self.devices.get(name)
-        if device is not None and self.ctx.store.tree.live_parents(device):
-            return device
+        if device is not None:
+            if self._live(device):
+                return device
+            self.refused[name] += 1
+            raise DeletedDevice(
+                f"device {name!r} ({device}) was deleted; its messages are refused "
+                f"({self.refused[name]} so far); undelete it to take them again"
+            )
         device = await self.ctx.client.create_node(self.node, self.config.device_type, self._metadata(name))
         self.devices[name] = device
         logger.info("ingest %s: new device %r -> %s", self.node, name, device)

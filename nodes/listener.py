@@ -1,0 +1,81 @@
+"""What the node types that take raw messages (ingest, archive) share: subscribing a node's
+subject filters, and saying on the node whether it is taking messages.
+
+The `state` point (`listening`, `disabled`, `stopped`) is written only once it is true: after
+the subscriptions are live on the server, and after a stop has processed every message already
+received. So `siot tree` shows whether such a node works, and a device (or a test) can wait for
+`listening` instead of publishing into the void and guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from siot.api import SUBSCRIPTION_PENDING_BYTES, SUBSCRIPTION_PENDING_MSGS
+from siot.app import AppContext
+from siot.errors import SiotError
+from siot.points import Point
+
+logger = logging.getLogger(__name__)
+
+STATE_POINT = "state"
+MessageHandler = Callable[[Msg], Awaitable[None]]
+
+
+class ListenerState(StrEnum):
+    LISTENING = "listening"
+    DISABLED = "disabled"
+    STOPPED = "stopped"
+
+
+class Listener:
+    """The subscriptions of one node. `listen` (re)subscribes and reports the state; `close`
+    unsubscribes, lets messages already received run through `handler`, and reports `stopped`."""
+
+    def __init__(self, ctx: AppContext, node: str, handler: MessageHandler) -> None:
+        self.ctx = ctx
+        self.node = node
+        self.handler = handler
+        self._subs: list[Subscription] = []
+
+    async def listen(self, subjects: list[str], *, disabled: bool) -> None:
+        await self.drain()
+        if not disabled:
+            for subject in subjects:
+                self._subs.append(
+                    await self.ctx.nc.subscribe(
+                        subject,
+                        cb=self.handler,
+                        pending_msgs_limit=SUBSCRIPTION_PENDING_MSGS,
+                        pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
+                    )
+                )
+            await self.ctx.nc.flush()  # the server has the interest before we say "listening"
+        await self.report(ListenerState.DISABLED if disabled else ListenerState.LISTENING)
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.report(ListenerState.STOPPED)
+
+    async def drain(self) -> None:
+        """Unsubscribe, but handle what already arrived: a stop or a new filter loses nothing."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.drain()
+            except Exception:  # connection closing under us: nothing more will arrive anyway
+                logger.debug("%s: drain of %s failed", self.node, sub.subject, exc_info=True)
+
+    async def report(self, state: ListenerState) -> None:
+        """Write the state and wait for its commit (so it is stored before the API stops at
+        shutdown). Written with the node as origin, so the manager does not reconfigure on it."""
+        point = Point(STATE_POINT, str(state), time=time.time_ns(), origin=self.node)
+        with contextlib.suppress(SiotError):
+            await self.ctx.client.send_points(self.node, [point])
