@@ -272,9 +272,12 @@ class Store:
     async def _commit(self, writes: list[Write]) -> None:
         now_ns = time.time_ns()
         accepted: list[Write] = []
-        for write in writes:
+        for offset, write in enumerate(writes):
             try:
-                self._check(write, now_ns)
+                # One stamp per write, in arrival order: two time-0 writes of the same point in
+                # one group would otherwise tie, and a tie is a no-op under the merge rule, so the
+                # later value would be dropped.
+                self._check(write, now_ns + offset)
             except InvalidInput as exc:
                 write.error = exc
             else:
