@@ -10,8 +10,12 @@ import logging
 
 import click
 
+from siot.cmd.bench import bench
+from siot.cmd.export_import import COMMANDS as EXPORT_IMPORT_COMMANDS
 from siot.cmd.serve import serve
 from siot.cmd.sim import sim
+from siot.cmd.tree_cmds import COMMANDS as TREE_COMMANDS
+from siot.cmd.watch_cmds import COMMANDS as WATCH_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SIOT"})
@@ -45,3 +49,10 @@ def cli(log_level: str) -> None:
 
 cli.add_command(serve)
 cli.add_command(sim)
+cli.add_command(bench)
+for command in [*TREE_COMMANDS, *WATCH_COMMANDS, *EXPORT_IMPORT_COMMANDS]:
+    cli.add_command(command)
+
+
+if __name__ == "__main__":  # `python -m siot.cmd.main`: how `siot bench` starts its own instance
+    cli()
