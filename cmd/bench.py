@@ -132,6 +132,7 @@ async def connect_when_ready(instance: Instance, token: str) -> Client:
                 timeout_s=5,
                 reconnect_forever=False,
                 allow_reconnect=False,
+                max_reconnect_attempts=1,  # else nats-py retries the first connect 60 times
                 error_cb=_quiet,
             )
         except Exception as exc:

@@ -66,13 +66,17 @@ class Target:
                     name="siot-cli",
                     token=self.token or None,
                     timeout_s=self.timeout_s,
-                    reconnect_forever=reconnect,
+                    reconnect_forever=False,
                     allow_reconnect=reconnect,
+                    # nats-py retries even the first connect up to this many times (0 = forever)
+                    max_reconnect_attempts=1,
                     error_cb=_quiet_error,
                 )
             except Exception as exc:  # refused, DNS, auth, timeout: all mean "cannot connect"
                 reason = str(exc) or type(exc).__name__
                 raise click.ClickException(f"cannot connect to {self.url}: {reason}") from exc
+            if reconnect:  # fail fast above, but once connected ride out restarts of the instance
+                client.nc.options["max_reconnect_attempts"] = -1
             try:
                 return await work(client)
             finally:
