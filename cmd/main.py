@@ -11,9 +11,11 @@ import logging
 import click
 
 from siot.cmd.bench import bench
+from siot.cmd.bench_sync import bench_sync
 from siot.cmd.export_import import COMMANDS as EXPORT_IMPORT_COMMANDS
 from siot.cmd.serve import serve
 from siot.cmd.sim import sim
+from siot.cmd.sync_cmds import sync
 from siot.cmd.tree_cmds import COMMANDS as TREE_COMMANDS
 from siot.cmd.watch_cmds import COMMANDS as WATCH_COMMANDS
 
@@ -48,8 +50,10 @@ def cli(log_level: str) -> None:
 
 
 cli.add_command(serve)
+cli.add_command(sync)
 cli.add_command(sim)
 cli.add_command(bench)
+bench.add_command(bench_sync)
 for command in [*TREE_COMMANDS, *WATCH_COMMANDS, *EXPORT_IMPORT_COMMANDS]:
     cli.add_command(command)
 

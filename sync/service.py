@@ -44,6 +44,8 @@ class SyncNodeConfig(pydantic.BaseModel):
     uri: str = ""  # empty while the node is being created: nothing to run yet
     authToken: str = ""
     disabled: bool = False
+    windowRows: int = pydantic.Field(protocol.DEFAULT_WINDOW_ROWS, ge=1, le=protocol.MAX_WINDOW_ROWS)
+    windowBytes: int = pydantic.Field(protocol.DEFAULT_WINDOW_BYTES, ge=1024, le=protocol.MAX_WINDOW_BYTES)
 
 
 def split_token(url: str) -> tuple[str, str]:
@@ -77,7 +79,14 @@ class SyncRunner:
         # The node manager fills `parent` with the node's tree parent when no `parent` point is set.
         parent = "" if cfg.parent in tree.parents.get(cfg.id, ()) else cfg.parent
         uri, token = split_token(cfg.uri)
-        return LinkConfig(node=cfg.id, uri=uri, token=cfg.authToken or token, parent=parent)
+        return LinkConfig(
+            node=cfg.id,
+            uri=uri,
+            token=cfg.authToken or token,
+            parent=parent,
+            window_rows=cfg.windowRows,
+            window_bytes=cfg.windowBytes,
+        )
 
     async def start(self) -> None:
         link_config = self._link_config()
