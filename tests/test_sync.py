@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import SiotProcess, free_port
+from support import SIOT_BIN, SiotProcess, free_port
 from sync_support import build_tree, snapshot, sync_status, until, upstream_settled
 
 from siot.client import Client
+from siot.codec import encode
 from siot.errors import RequestFailed
 from siot.points import Point
 
@@ -241,3 +244,41 @@ async def test_two_edges_are_isolated_and_cloud_deletes_and_detaches(
     finally:
         a_proc.stop()
         b_proc.stop()
+
+
+async def test_bad_sync_requests_get_clear_errors(cloud: SiotProcess, cloud_client: Client):
+    async def ask(subject: str, payload: bytes) -> str:
+        with pytest.raises(RequestFailed) as failed:
+            await cloud_client.request(subject, payload)
+        return str(failed.value)
+
+    assert "unknown node 'ghost'" in await ask("sync.pull.ghost", encode({}))
+    assert "no such parent" in await ask("sync.hello.edge-x", encode({"parent": "nowhere"}))
+    assert "cannot sync with itself" in await ask("sync.hello.cloud", encode({}))
+    await cloud_client.request("sync.hello.edge-x", encode({}))
+    assert "malformed msgpack" in await ask("sync.up.edge-x", b"\xc1")
+    assert "11 fields" in await ask("sync.up.edge-x", encode({"rows": [[1, 2]]}))
+    assert "'ack' must be" in await ask("sync.pull.edge-x", encode({"ack": -1}))
+    assert (await cloud_client.stats())["instance"] == "cloud"  # still serving
+
+
+def test_sync_status_cli(cloud: SiotProcess):
+    text = subprocess.run(
+        [SIOT_BIN, "sync", "status", "--url", cloud.url], capture_output=True, text=True, check=True
+    ).stdout
+    assert "instance cloud" in text and "no sync peers" in text
+    reply = json.loads(
+        subprocess.run(
+            [SIOT_BIN, "sync", "status", "--url", cloud.url, "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert reply["instance"] == "cloud" and reply["peers"] == []
+    failed = subprocess.run(
+        [SIOT_BIN, "sync", "status", "--url", "nats://127.0.0.1:1", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1 and "cannot connect" in failed.stderr
