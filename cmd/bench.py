@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,13 +94,15 @@ class Instance:
 
 
 @contextlib.contextmanager
-def own_instance() -> Iterator[Instance]:
-    """Run `siot serve` in a temp dir on a free port; SIGTERM it (and remove the dir) afterwards."""
+def own_instance(extra_args: Sequence[str] = ()) -> Iterator[Instance]:
+    """Run `siot serve` in a temp dir on a free port; SIGTERM it (and remove the dir) afterwards.
+    `extra_args` go to `siot serve` (e.g. `--mqtt-port N`)."""
     with tempfile.TemporaryDirectory(prefix="siot-bench-") as tmp:
         port = _free_port()
         log_path = Path(tmp) / "siot.log"
         args = [sys.executable, "-P", "-m", "siot.cmd.main", "--log-level", "WARNING", "serve"]
         args += ["--data", str(Path(tmp) / "data"), "--nats-port", str(port), "--monitor-port", "0"]
+        args += extra_args
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
         try:

@@ -2,12 +2,17 @@
 
 Why paho and a thread: paho-mqtt is the well-kept MQTT 3.1.1 client; its network loop runs in
 its own thread (`loop_start`), and we hand its callbacks back to the event loop as futures.
+
+Why no lock of our own: paho calls `on_publish` while holding its message mutex, which
+`publish()` also takes; a lock of ours held around `publish()` and taken in the callback
+deadlocks under load. So the callback only schedules `_acked(mid)` on the event loop, and since
+`publish()` runs on the loop too, the future for a mid is always registered before its
+acknowledgement is handled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -29,9 +34,7 @@ class MqttLink:
         self._loop = asyncio.get_running_loop()
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
-        self._lock = threading.RLock()  # paho may call on_publish from inside publish()
         self._pending: dict[int, asyncio.Future[None]] = {}
-        self._early: set[int] = set()  # acked before publish() returned its mid to us
         self._connected: asyncio.Future[str] = self._loop.create_future()
         self._client.on_connect = self._on_connect
         self._client.on_publish = self._on_publish
@@ -68,38 +71,30 @@ class MqttLink:
             self._connected.set_result(reason)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        with self._lock:
-            future = self._pending.pop(mid, None)
-            if future is None:
-                self._early.add(mid)
-                return
-        self._loop.call_soon_threadsafe(_resolve, future)
+        """Runs in paho's thread (or inside `publish()`), holding paho's mutex: hand over only."""
+        self._loop.call_soon_threadsafe(self._acked, mid)
+
+    def _acked(self, mid: int) -> None:
+        future = self._pending.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> asyncio.Future[None]:
+        """Call from the event loop's thread only (see the module docstring)."""
         future: asyncio.Future[None] = self._loop.create_future()
-        with self._lock:
-            info = self._client.publish(topic, payload, qos=qos)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                future.set_exception(RequestFailed(f"MQTT publish failed: {paho.error_string(info.rc)}"))
-            elif info.mid in self._early:
-                self._early.discard(info.mid)
-                future.set_result(None)
-            else:
-                self._pending[info.mid] = future
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            future.set_exception(RequestFailed(f"MQTT publish failed: {paho.error_string(info.rc)}"))
+        else:
+            self._pending[info.mid] = future
         return future
 
     def close(self) -> None:
         """Disconnect and stop the network thread; pending publishes fail."""
         self._client.disconnect()
         self._client.loop_stop()
-        with self._lock:
-            pending = list(self._pending.values())
-            self._pending.clear()
+        pending = list(self._pending.values())
+        self._pending.clear()
         for future in pending:
             if not future.done():
                 future.set_exception(RequestFailed("MQTT connection closed before the broker acknowledged"))
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

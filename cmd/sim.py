@@ -6,6 +6,7 @@ after commit. `raw` publishes device-shaped JSON/msgpack objects (the seed examp
 humidity, pressure/viscosity) on a topic such as `sensors/<device>`, for an `ingest` node to
 map; over NATS these are requests too, answered by the ingest node after commit.
 Over MQTT, QoS 1 acknowledgements come from the broker (the message is in), QoS 0 has none.
+`--no-ack` makes NATS publishes plain (no reply subject), as a fire-and-forget device sends.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -145,6 +146,7 @@ class Summary:
     transport: str
     mode: str
     devices: int
+    ack_meaning: str = "committed"
     messages_sent: int = 0
     points_sent: int = 0
     acked: int = 0
@@ -159,10 +161,7 @@ class Summary:
         return self.messages_sent / self.seconds if self.seconds else 0.0
 
     def text(self) -> str:
-        ack = {
-            "nats": "committed",
-            "mqtt": "acknowledged by the broker (QoS 1)",
-        }[self.transport]
+        ack = self.ack_meaning
         lines = [
             f"sent {self.messages_sent} messages ({self.points_sent} points) from {self.devices} devices "
             f"over {self.transport} in {self.seconds:.1f} s ({self.rate:.0f} msg/s)",
@@ -189,6 +188,7 @@ class SimOptions:
     mqtt_host: str = DEFAULT_MQTT_HOST
     mqtt_port: int = DEFAULT_MQTT_PORT
     qos: int = 1
+    ack: bool = True  # NATS: requests answered after commit; False: plain publishes
     in_flight: int = DEFAULT_IN_FLIGHT
     mqtt_connections: int = DEFAULT_MQTT_CONNECTIONS
     seed: int | None = None
@@ -212,11 +212,16 @@ class Simulator:
         preset = PRESETS[options.preset]
         self.preset = preset
         self.specs = [FieldSpec.parse(text) for text in (options.fields or preset.fields)]
-        self.summary = Summary(options.transport, options.mode, options.devices)
+        self.summary = Summary(options.transport, options.mode, options.devices, self._ack_meaning())
         self.ids = device_ids(options.devices, options.id_style, options.seed)
         self.summary.device_ids = self.ids
         self._slots = asyncio.Semaphore(max(1, options.in_flight))
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _ack_meaning(self) -> str:
+        if self.o.transport == "mqtt":
+            return "acknowledged by the broker (QoS 1)" if self.o.qos else "none asked (QoS 0)"
+        return "committed" if self.o.ack else "none asked (--no-ack)"
 
     # ---- payloads ----
 
@@ -272,7 +277,7 @@ class Simulator:
             return await self._run_nats()
         return await self._run_mqtt()
 
-    async def _loop(self, send: Callable[[str, bytes, int], None]) -> None:
+    async def _loop(self, send: Callable[[str, bytes, int], Awaitable[None]]) -> None:
         rng = random.Random(self.o.seed)
         generators = [
             {s.name: s.generator(rng, rng.random() * 2 * math.pi) for s in self.specs} for _ in self.ids
@@ -294,7 +299,7 @@ class Simulator:
                 await self._slots.acquire()
                 self.summary.messages_sent += 1
                 self.summary.points_sent += points
-                send(target, payload, points)
+                await send(target, payload, points)
             if self.progress and time.monotonic() - last_report >= 1.0:
                 last_report = time.monotonic()
                 self.summary.seconds = last_report - start
@@ -308,20 +313,19 @@ class Simulator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _unacked_done(self, future: asyncio.Future[None]) -> None:
-        """QoS 0: nothing to wait for, but a failed publish still counts as an error."""
-        if not future.cancelled() and future.exception() is not None:
-            self._failed(future.exception())  # type: ignore[arg-type]
-
     def _failed(self, exc: BaseException) -> None:
         self.summary.errors += 1
         self.summary.last_error = str(exc)
 
-    async def _acked(self, waiter: Any, points: int) -> None:
+    async def _acked(self, waiter: Any, points: int, *, is_ack: bool = True) -> None:
+        """Wait for one send; it holds its slot until then. With `is_ack` False (MQTT QoS 0) the
+        wait is only for paho to write it out, which is no acknowledgement: it is not counted,
+        but the run does not end (and close its connections) before every message is out."""
         try:
             await waiter
-            self.summary.acked += 1
-            self.summary.points_acked += points
+            if is_ack:
+                self.summary.acked += 1
+                self.summary.points_acked += points
         except (TimeoutError, SiotError, OSError) as exc:
             self._failed(exc)
         finally:
@@ -339,8 +343,16 @@ class Simulator:
                         parent, "device", [Point("description", f"sim-{n}")], node_id=device
                     )
 
-            def send(subject: str, payload: bytes, points: int) -> None:
-                self._track(self._acked(client.request(subject, payload), points))
+            async def send(subject: str, payload: bytes, points: int) -> None:
+                if self.o.ack:
+                    self._track(self._acked(client.request(subject, payload), points))
+                    return
+                try:
+                    await client.nc.publish(subject, payload)
+                except Exception as exc:  # nats-py: connection closed or draining
+                    self._failed(exc)
+                finally:
+                    self._slots.release()
 
             await self._loop(send)
         finally:
@@ -369,14 +381,10 @@ class Simulator:
                     await link.publish(f"p/{device}", desc, qos=1)
             counter = iter(range(sys.maxsize))
 
-            def send(topic: str, payload: bytes, points: int) -> None:
+            async def send(topic: str, payload: bytes, points: int) -> None:
                 link = links[next(counter) % len(links)]
                 future = link.publish(topic, payload, qos=self.o.qos)
-                if self.o.qos:
-                    self._track(self._acked(future, points))
-                else:
-                    future.add_done_callback(self._unacked_done)
-                    self._slots.release()
+                self._track(self._acked(future, points, is_ack=bool(self.o.qos)))
 
             await self._loop(send)
         finally:
@@ -506,6 +514,14 @@ class Simulator:
     show_default=True,
     type=click.Choice(["0", "1"]),
     help="MQTT QoS (1: the broker acknowledges each message).",
+)
+@click.option(
+    "--ack/--no-ack",
+    envvar="SIOT_SIM_ACK",
+    default=True,
+    show_default=True,
+    help="NATS: send each message as a request answered after commit (--ack), or as a plain "
+    "publish nobody answers (--no-ack, like MQTT QoS 0).",
 )
 @click.option(
     "--in-flight",

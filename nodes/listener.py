@@ -9,6 +9,7 @@ received. So `siot tree` shows whether such a node works, and a device (or a tes
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,6 +21,7 @@ from nats.aio.subscription import Subscription
 
 from siot.api import SUBSCRIPTION_PENDING_BYTES, SUBSCRIPTION_PENDING_MSGS
 from siot.app import AppContext
+from siot.client import Client
 from siot.errors import SiotError
 from siot.points import Point
 
@@ -79,3 +81,12 @@ class Listener:
         point = Point(STATE_POINT, str(state), time=time.time_ns(), origin=self.node)
         with contextlib.suppress(SiotError):
             await self.ctx.client.send_points(self.node, [point])
+
+
+async def wait_state(client: Client, node: str, state: ListenerState, *, timeout_s: float = 10.0) -> None:
+    """Return once `node` says `state` (client side: for devices, scripts, benchmarks and tests).
+    Raises `TimeoutError` after `timeout_s`. The change feed is open before the first look, so a
+    state committed in between is not missed."""
+    async with client.changes(node) as changes, asyncio.timeout(timeout_s):
+        while (await client.get_node(node)).value(STATE_POINT) != state:
+            await changes.get()

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from siot.client import Client, NodeInfo
+from siot.nodes.listener import ListenerState, wait_state
 from siot.points import Point
 
 T = TypeVar("T")
@@ -52,4 +53,4 @@ async def wait_point(
 
 async def wait_listening(client: Client, node: str) -> None:
     """An ingest or archive node says `listening` once its subscriptions are live."""
-    await wait_point(client, node, "state", "listening")
+    await wait_state(client, node, ListenerState.LISTENING, timeout_s=WAIT_S)
