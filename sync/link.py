@@ -319,6 +319,7 @@ class UpstreamLink:
         self._down_ack = None
         self._need_hello = False
         self._next_digest = 0.0
+        self.status.digest_ok = None  # unknown until verified on this connection
         if self.status.state != LinkState.CONNECTED:
             logger.info(
                 "sync: attached to upstream %s (%s), resuming at our seq %d", upstream, self.config.uri, acked

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -282,3 +284,42 @@ def test_sync_status_cli(cloud: SiotProcess):
         text=True,
     )
     assert failed.returncode == 1 and "cannot connect" in failed.stderr
+
+
+async def test_cloud_restored_from_backup_is_resent_and_repaired(tmp_path: Path):
+    """The cloud loses recent data (an old backup is restored) and a point row besides: the edge
+    resends what the cloud no longer has, and the digest check repairs the rest from state."""
+    cloud = await start(SiotProcess(data_dir=tmp_path / "cloud", instance_id="cloud"))
+    edge_proc = await start(
+        SiotProcess(data_dir=tmp_path / "edge", instance_id="edge-1", extra_args=["--upstream", cloud.url])
+    )
+    try:
+        edge = await connect(edge_proc)
+        sensor = await edge.create_node(edge.root_id, "device", [Point("unit", "C")])
+        await until(lambda: upstream_settled(edge))
+        await asyncio.to_thread(cloud.stop)
+        backup = tmp_path / "backup"
+        shutil.copytree(tmp_path / "cloud", backup, ignore=shutil.ignore_patterns("nats", "*.log"))
+        await start(cloud)
+        t0 = time.time_ns()
+        await write_history(edge, [sensor], 100, t0)
+        await until(lambda: upstream_settled(edge))
+
+        await asyncio.to_thread(cloud.stop)
+        for db in backup.glob("siot.db*"):
+            shutil.copy(db, tmp_path / "cloud" / db.name)
+        with sqlite3.connect(tmp_path / "cloud" / "siot.db") as db:  # and lose a point besides
+            assert db.execute("DELETE FROM points WHERE node = ? AND type = 'unit'", (sensor,)).rowcount == 1
+        await start(cloud)
+        cloud_client = await connect(cloud)
+        peer = await until(lambda: upstream_settled(edge), timeout_s=60)
+        assert peer["repairs"] >= 1
+        history = await cloud_client.history(sensor, "temp")
+        assert [p.time for p in history] == [t0 + i * 1_000_000 for i in range(100)]
+        assert (await cloud_client.get_node(sensor)).value("unit") == "C"
+        assert await snapshot(edge, "edge-1") == await snapshot(cloud_client, "edge-1")
+        await cloud_client.close()
+        await edge.close()
+    finally:
+        edge_proc.stop()
+        cloud.stop()
