@@ -240,3 +240,11 @@ def test_stats_counts_errors(instance: SiotProcess) -> None:
     stats = as_json(url, "stats")
     assert stats["errors"].get(node) == 1
     assert "errors" in siot(url, "stats").stdout
+
+
+def test_bench_ingest_runs_against_an_instance(instance: SiotProcess) -> None:
+    """A tiny run: the benchmark works end to end and every point it sends is stored."""
+    args = ["bench", "ingest", "--points", "400", "--rate", "200", "--rate-seconds", "0.5"]
+    report = as_json(instance.url, *args)
+    assert [(p["stored"], p["errors"]) for p in report["phases"]] == [(400, 0), (400, 0), (100, 0)]
+    assert all(p["raw_sqlite_rows_s"] > 0 for p in report["phases"][:2])
