@@ -4,9 +4,12 @@ Setup: N rules, each watching its own sensor (`level > 0.5`) with a setValue act
 (`out = true`) and a setValue actionInactive (`out = false`). The sensors are fed values that
 alternate high/low, so every point flips its rule and produces exactly one action write. Points
 are published open-loop at --rate (no ack, the way devices publish), spread over the sensors;
-the bench watches the committed fan-out of the targets and pairs each `out` change with the
-oldest unanswered publish to that rule's sensor. Each rule sees one point per N/rate seconds,
-far longer than the latency measured, so the pairing is unambiguous.
+the bench watches the committed fan-out of the targets. Pairing is exact: a rule's actions are
+written in the order of its transitions, and each publish flips the rule, so the k-th publish to
+a sensor must produce the k-th `out` write of its target, with the value that publish implies
+(true after a high value, false after a low one). A write is paired with the oldest unanswered
+publish of its value; older publishes of the other value that were skipped count as lost
+actions, and a write with no publish to pair (a duplicate) is counted too.
 
 Beside it, in the same run: the raw nats-py request/reply round trip (one at a time) to an
 in-process responder on the same server — the floor any NATS round trip pays on this machine.
@@ -17,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -80,33 +85,45 @@ async def make_rules(client: Client, count: int) -> RuleSet:
 
 
 class Pairing:
-    """Matches committed `out` changes to publishes, per rule, in order."""
+    """Matches committed `out` writes to publishes, per rule, in order and by value."""
 
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
-        self.pending: list[deque[int]] = [deque() for _ in rules.sensors]
+        self.pending: list[deque[tuple[bool, int]]] = [deque() for _ in rules.sensors]
         self.latencies_ns: list[int] = []
         self.answered = 0
+        self.lost = 0
+        self.duplicates = 0
         self.expected = 0
         self.all_answered = asyncio.Event()
 
     async def on_msg(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
         index = self.rules.targets.get(tokens[2]) if len(tokens) == 3 else None
-        if index is None or not any(p.type == "out" for p in decode_trusted_points(msg.data)):
+        if index is None:
             return
         now = time.perf_counter_ns()
-        queue = self.pending[index]
-        if queue:
-            sent = queue.popleft()
-            if sent:  # 0 marks a warm-up publish, not measured
-                self.latencies_ns.append(now - sent)
-        self.answered += 1
-        if self.answered >= self.expected:
+        for point in decode_trusted_points(msg.data):
+            if point.type == "out":
+                self._answer(index, point.value is True, now)
+        if self.answered + self.lost >= self.expected:
             self.all_answered.set()
 
-    def expect(self, index: int, sent_ns: int) -> None:
-        self.pending[index].append(sent_ns)
+    def _answer(self, index: int, value: bool, now_ns: int) -> None:
+        queue = self.pending[index]
+        while queue and queue[0][0] != value:
+            queue.popleft()  # its action never came: the next write already answers a later one
+            self.lost += 1
+        if not queue:
+            self.duplicates += 1
+            return
+        _, sent_ns = queue.popleft()
+        self.answered += 1
+        if sent_ns:  # 0 marks a warm-up publish, not measured
+            self.latencies_ns.append(now_ns - sent_ns)
+
+    def expect(self, index: int, high: bool, sent_ns: int) -> None:
+        self.pending[index].append((high, sent_ns))
         self.expected += 1
         self.all_answered.clear()
 
@@ -133,6 +150,18 @@ async def raw_request_rate(nc: NATS, seconds: float) -> tuple[float, float]:
     return len(rtts) / elapsed, rtts[len(rtts) // 2] / 1e6
 
 
+def cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used (Linux /proc), None when unknown. CPU per
+    point is the figure that stays comparable when other jobs load the machine."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile_ms(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6 if ordered else float("nan")
 
@@ -154,7 +183,7 @@ async def rules_main(
         high = [True] * rule_count
         # Warm-up: every rule must answer once (it may still be loading when its first point lands).
         for index, sensor in enumerate(rules.sensors):
-            pairing.expect(index, 0)
+            pairing.expect(index, True, 0)
             await nc.publish(subjects.points(sensor), encode([Point("level", 1.0).to_wire()]))
         await nc.flush()
         try:
@@ -168,13 +197,14 @@ async def rules_main(
         total = int(rate * seconds)
         payloads = [encode([Point("level", v).to_wire()]) for v in (0.0, 1.0)]
         sent = 0
+        cpu_start = cpu_s(instance.pid)
         start = time.perf_counter()
         while sent < total:
             due = min(total, int((time.perf_counter() - start) * rate) + 1)
             while sent < due:
                 index = sent % rule_count
                 high[index] = not high[index]
-                pairing.expect(index, time.perf_counter_ns())
+                pairing.expect(index, high[index], time.perf_counter_ns())
                 await nc.publish(subjects.points(rules.sensors[index]), payloads[high[index]])
                 sent += 1
             await nc.flush()
@@ -183,22 +213,29 @@ async def rules_main(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await pairing.all_answered.wait()
+        cpu_end = cpu_s(instance.pid)
         await sub.unsubscribe()
         raw_rps, raw_p50_ms = await raw_request_rate(nc, RAW_SECONDS)
         await client.delete_node(rules.group, client.root_id)
     finally:
         await client.close()
     ordered = sorted(pairing.latencies_ns)
+    cpu_us = None
+    if cpu_start is not None and cpu_end is not None:
+        cpu_us = round((cpu_end - cpu_start) / total * 1e6)
     return {
         "rules": rule_count,
         "points": total,
         "rate_points_s": round(total / send_s, 1),
         "actions_committed": len(ordered),
-        "missing": total - len(ordered),
+        "lost": pairing.lost,
+        "unanswered": sum(len(q) for q in pairing.pending),
+        "duplicates": pairing.duplicates,
         "p50_ms": round(percentile_ms(ordered, 0.50), 2),
         "p99_ms": round(percentile_ms(ordered, 0.99), 2),
         "max_ms": round(ordered[-1] / 1e6, 2) if ordered else None,
         "target_p99_ms": TARGET_P99_MS,
+        "daemon_cpu_us_per_point": cpu_us,
         "raw_request_s": round(raw_rps),
         "raw_request_p50_ms": round(raw_p50_ms, 3),
         "setup_s": round(setup_s, 1),
@@ -212,7 +249,12 @@ def print_report(r: dict[str, Any]) -> None:
         f"publish -> action point committed: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
         f"max {r['max_ms']} ms  (target p99 <= {r['target_p99_ms']:.0f} ms: {verdict})"
     )
-    click.echo(f"actions committed: {r['actions_committed']}, missing: {r['missing']}")
+    click.echo(
+        f"actions committed: {r['actions_committed']} of {r['points']}, lost: {r['lost']}, "
+        f"unanswered at the end: {r['unanswered']}, duplicates: {r['duplicates']}"
+    )
+    if r["daemon_cpu_us_per_point"] is not None:
+        click.echo(f"siot serve CPU (user+sys) per point: {r['daemon_cpu_us_per_point']} µs")
     click.echo(
         f"raw nats-py request/reply, same run: {r['raw_request_s']} req/s, "
         f"p50 {r['raw_request_p50_ms']:.3f} ms"
@@ -224,6 +266,13 @@ def print_report(r: dict[str, Any]) -> None:
     "--url", envvar="SIOT_URL", default=None, help="Instance to measure (default: start one in a temp dir)."
 )
 @click.option("--token", envvar="SIOT_TOKEN", default="", help="NATS auth token.")
+@click.option(
+    "--pid",
+    envvar="SIOT_BENCH_PID",
+    type=int,
+    default=None,
+    help="Pid of the --url instance's siot serve, to report its CPU per point.",
+)
 @click.option(
     "--rules",
     "rule_count",
@@ -251,7 +300,13 @@ def print_report(r: dict[str, Any]) -> None:
 )
 @click.option("json_", "--json", envvar="SIOT_JSON", is_flag=True, help="Print the figures as JSON.")
 def bench_rules(
-    url: str | None, token: str, rule_count: int, rate: float, seconds: float, json_: bool
+    url: str | None,
+    token: str,
+    pid: int | None,
+    rule_count: int,
+    rate: float,
+    seconds: float,
+    json_: bool,
 ) -> None:
     """p50/p99 from a point's publish to its rule action's point committed, beside the raw
     nats-py request round trip measured in the same run.
@@ -269,7 +324,7 @@ def bench_rules(
     if rule_count < 1 or rate <= 0 or seconds <= 0:
         raise click.ClickException("--rules, --rate and --seconds must be positive")
     with contextlib.ExitStack() as stack:
-        instance = stack.enter_context(own_instance()) if url is None else Instance(url)
+        instance = stack.enter_context(own_instance()) if url is None else Instance(url, pid)
         report = _run(rules_main(instance, token, rule_count, rate, seconds))
     if json_:
         click.echo(dumps(report))

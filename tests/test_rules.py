@@ -41,7 +41,7 @@ async def test_seed_scenario_dry_soil_sends_email_with_device_and_value(siot: Cl
         assert "Soil sensor 3" in body and "31.5" in body and "Dry soil" in body
         assert "Soil sensor 3" in mail["Subject"]
         await wait_point(siot, rule, "active", lambda v: v is True)
-        await wait_point(siot, action, "lastRun", lambda v: v > 0)
+        await wait_point(siot, rule, "lastRun", lambda v: v > 0, key=action)
         log = await siot.history(rule, "notification")
         assert len(log) == 1
         assert log[0].value["ok"] is True and log[0].value["to"] == ["ana@farm.example"]
@@ -172,7 +172,7 @@ async def test_webhook_retries_then_delivers_json(siot: Client) -> None:
         assert body["point"] == "temp" and body["value"] == -4.5 and body["time"] > 0
         record = await wait_point(siot, rule, "notification", lambda v: v["ok"], key=service)
         assert record["attempts"] == 3 and record["kind"] == "webhook"
-        await wait_point(siot, action, "lastRun", lambda v: v > 0)
+        await wait_point(siot, rule, "lastRun", lambda v: v > 0, key=action)
 
 
 async def test_failed_delivery_is_recorded_and_becomes_an_error_point(siot: Client) -> None:

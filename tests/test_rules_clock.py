@@ -120,7 +120,7 @@ async def test_restart_while_active_no_refire_no_lost_reminder(bare: Client) -> 
     clock = ManualClock(time.time_ns())
     sensor = await bare.create_node(bare.root_id, "device")
     siren = await bare.create_node(bare.root_id, "device")
-    _, _, (action,) = await make_rule(
+    rule, _, (action,) = await make_rule(
         bare,
         bare.root_id,
         "flood",
@@ -129,10 +129,10 @@ async def test_restart_while_active_no_refire_no_lost_reminder(bare: Client) -> 
     )
     async with RulesManager(bare, clock=clock):
         await bare.send_points(sensor, [Point("water", True)])
-        first_run = await wait_point(bare, action, "lastRun", lambda v: v > 0)
+        first_run = await wait_point(bare, rule, "lastRun", lambda v: v > 0, key=action)
     clock.advance(300)
     async with RulesManager(bare, clock=clock):
         clock.advance(300)  # the reminder is due 600 s after the first run, across the restart
-        await wait_point(bare, action, "lastRun", lambda v: v == first_run + 600 * S)
+        await wait_point(bare, rule, "lastRun", lambda v: v == first_run + 600 * S, key=action)
     beeps = await bare.history(siren, "beep")
     assert len(beeps) == 2  # the first run and the reminder; the restart fired nothing

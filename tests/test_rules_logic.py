@@ -228,13 +228,28 @@ def test_transition_runs_action_once_and_writes_state() -> None:
     assert out.runs[0].trigger is not None and out.runs[0].trigger.point.value == 30
     written = {node: {p.type: p.value for p in pts} for node, pts in out.writes}
     assert written["rule-1"] == {"active": True, "activeChanged": 10 * S}
-    assert written["cond-1"] == {"active": True, "holdUntil": 0}
+    assert "cond-1" not in written  # no hold time: nothing a restart would need
     # Still dry, action still running: nothing new.
     assert rule.on_point(cond, SENSOR, humidity(29, 11 * S), 11 * S).runs == []
-    rule.action_done("act-1", 10 * S)
+    # lastRun is the rule's, keyed by action, so one message carries all of a rule's state.
+    assert rule.action_done("act-1", 10 * S) == Point("lastRun", 10 * S, key="act-1", origin="rule-1")
     assert rule.evaluate(12 * S).runs == []
     # Irrelevant points are ignored without evaluation.
     assert rule.on_point(cond, SENSOR, Point("temperature", 1), 13 * S).writes == []
+
+
+def test_several_transitions_at_the_same_instant_each_run_their_action() -> None:
+    """One committed batch can carry high, low, high for one sensor; all are seen at one `now`."""
+    rule, _ = make_rule(HUMIDITY_BELOW_35)
+    cond = rule.conditions[0]
+    runs = []
+    for value in (30, 50, 30):
+        out = rule.on_point(cond, SENSOR, humidity(value, 5 * S), 5 * S)
+        for run in out.runs:
+            rule.action_done(run.action.id, run.run_ns)
+        runs += out.runs
+    assert len(runs) == 2 and rule.active  # act-1 on both activations (no actionInactive here)
+    assert runs[1].run_ns > runs[0].run_ns and not runs[1].reminder
 
 
 def test_min_active_hold_and_cancel() -> None:
@@ -242,6 +257,9 @@ def test_min_active_hold_and_cancel() -> None:
     cond = rule.conditions[0]
     out = rule.on_point(cond, SENSOR, humidity(30, 0), 0)
     assert not rule.active and cond.hold_until_ns == 60 * S and out.runs == []
+    assert out.writes == [
+        ("cond-1", [Point("active", False, origin="cond-1"), Point("holdUntil", 60 * S, origin="cond-1")])
+    ]
     assert rule.next_deadline_ns(0) == 60 * S
     rule.on_point(cond, SENSOR, humidity(40, S), S)  # back to normal: hold cancelled
     assert cond.hold_until_ns == 0 and rule.next_deadline_ns(S) is None
@@ -291,9 +309,9 @@ def test_restart_while_active_neither_refires_nor_forgets() -> None:
     state = (Point("active", True), Point("activeChanged", 100 * S))
     cond_state = [Point("active", True)]
     # The action ran for this transition: a restart does nothing...
-    done = (Point("action", "notify"), Point("repeatInterval", 600), Point("lastRun", 100 * S))
+    done = (Point("action", "notify"), Point("repeatInterval", 600))
     rule, _ = build_rule(
-        NodePoints("rule-1", "rule", list(state)),
+        NodePoints("rule-1", "rule", [*state, Point("lastRun", 100 * S, key="act-1")]),
         PARENT,
         [
             NodePoints("cond-1", "condition", [*HUMIDITY_BELOW_35, *cond_state]),
@@ -307,9 +325,9 @@ def test_restart_while_active_neither_refires_nor_forgets() -> None:
     assert rule.next_deadline_ns(200 * S) == 700 * S
     assert len(rule.evaluate(700 * S).runs) == 1
     # An action that had not run yet when the daemon died runs on restart.
-    pending = (Point("action", "notify"), Point("lastRun", 50 * S))
+    pending = (Point("action", "notify"),)
     rule2, _ = build_rule(
-        NodePoints("rule-1", "rule", list(state)),
+        NodePoints("rule-1", "rule", [*state, Point("lastRun", 50 * S, key="act-1")]),
         PARENT,
         [
             NodePoints("cond-1", "condition", [*HUMIDITY_BELOW_35, *cond_state]),

@@ -52,6 +52,7 @@ def build_rule(
     errors: dict[str, str] = {}
     rule_config, errors[rule.id] = decode(RuleConfig, rule.points)
     state = point_fields(rule.points)
+    last_runs = state.get(LAST_RUN, {})
     conditions: list[ConditionRuntime] = []
     actions: list[ActionRuntime] = []
     for child in sorted(children, key=lambda c: c.id):
@@ -82,7 +83,7 @@ def build_rule(
                         id=child.id,
                         config=action_config,
                         inactive=child.type == ACTION_INACTIVE,
-                        last_run_ns=_int(fields, LAST_RUN),
+                        last_run_ns=_int(last_runs, child.id),
                     )
                 )
     runtime = RuleRuntime(

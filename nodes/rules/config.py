@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from siot.points import DEFAULT_KEY, Point
 
-# Point types that carry one value per key (e.g. `weekday` key "1" = Monday); all others are read
-# from key "0".
-KEYED_POINTS = frozenset(("weekday", "date", "to", "header"))
+# Point types that carry one value per key (e.g. `weekday` key "1" = Monday, a rule's `lastRun`
+# key = action id); all others are read from key "0".
+KEYED_POINTS = frozenset(("weekday", "date", "to", "header", "lastRun"))
 
 
 class ConditionType(StrEnum):

@@ -12,8 +12,13 @@ points they write are published in the order they were computed. Config reloads 
 consumer too: events that arrive while a rule is (re)loading wait in the queue and reach the new
 runtime, after it has been seeded from the store, so nothing falls between old and new.
 
-Actions run in their own tasks (a webhook may retry for minutes) and report back through the
-queue; all writes go through the NATS API with `origin` = the writing node's id.
+Writes are published, not requested: NATS keeps the order of one connection and the store
+commits in arrival order, so the engine never waits on a commit. A setValue is published by the
+consumer itself, before the rule's state write that records its `lastRun`, so a committed
+`lastRun` implies a committed setValue (a crash in between re-runs it: at-least-once); its reply
+comes back on the manager's inbox and only sets or clears the action's `error` point. Notify
+actions run in their own tasks (a webhook may retry for minutes) and report back through the
+queue. All writes go through the NATS API with `origin` = the writing node's id.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from nats.aio.subscription import Subscription
 from siot import subjects
 from siot.app import AppContext, register_node_client
 from siot.client import Client, NodeInfo, TreeNode
-from siot.codec import decode_trusted_points, encode_points
+from siot.codec import decode_reply, decode_trusted_points, encode_points
 from siot.errors import SiotError
 from siot.nodes.notify import Notification, Notifier
 from siot.nodes.rules.build import ACTION, ACTION_INACTIVE, CONDITION, RULE, NodePoints, build_rule
@@ -74,7 +79,15 @@ class _ActionDone:
     error: str
 
 
-_Event = _Changed | _Tick | _ActionDone
+@dataclass(slots=True, frozen=True)
+class _ActionError:
+    """A setValue's reply changed the action's error state ("" = succeeded)."""
+
+    action: str
+    error: str
+
+
+_Event = _Changed | _Tick | _ActionDone | _ActionError
 
 
 class RulesManager:
@@ -95,6 +108,8 @@ class RulesManager:
         self._exact: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
         self._subtree: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
         self._subs: dict[str, Subscription] = {}
+        self._inbox = ""
+        self._reply_sub: Subscription | None = None
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=DEFAULT_QUEUE_SIZE)
         self._deadlines: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -109,6 +124,8 @@ class RulesManager:
 
     async def __aenter__(self) -> RulesManager:
         self._root = await self.client.load_root()
+        self._inbox = self.client.nc.new_inbox()
+        self._reply_sub = await self.client.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
         # Subscribe before loading, so a change committed during the load is queued, not lost.
         await self._subscribe(self._root)
         tree = await self.client.tree(self._root)
@@ -135,6 +152,9 @@ class RulesManager:
         await asyncio.gather(*self._tasks, *self._actions, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.client.nc.flush()
+        if self._reply_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._reply_sub.unsubscribe()
 
     def _spawn(self, coro: Any, name: str, bucket: set[asyncio.Task[None]] | None = None) -> None:
         bucket = self._tasks if bucket is None else bucket
@@ -152,6 +172,17 @@ class RulesManager:
         parent = tokens[3] if len(tokens) > 3 else None
         await self._queue.put(_Changed(tokens[1], tokens[2], parent, decode_trusted_points(msg.data)))
 
+    async def _on_reply(self, msg: Msg) -> None:
+        """The store's answer to a setValue (subject `<inbox>.<action id>`): queue an error change
+        only if the action's error state changes, so the usual success costs no write."""
+        action = msg.subject.rpartition(".")[2]
+        try:
+            error = str(decode_reply(msg.data).get("error", ""))
+        except SiotError as exc:
+            error = f"bad reply from the store: {exc}"
+        if self._errors.get(action, "") != error:
+            await self._queue.put(_ActionError(action, error))
+
     # ---- the consumer: the only code that touches rule state after start ----
 
     async def _consume(self) -> None:
@@ -166,6 +197,8 @@ class RulesManager:
                         await self._on_tick()
                     case _ActionDone():
                         await self._on_action_done(event)
+                    case _ActionError():
+                        await self._set_error(event.action, event.error)
                 if self._dirty and (
                     self._queue.empty() or time.monotonic_ns() - self._dirty_since_ns > RELOAD_DELAY_NS
                 ):
@@ -228,17 +261,31 @@ class RulesManager:
         rule = self.rules.get(run.rule.id, run.rule)
         last_run = rule.action_done(run.action.id, run.run_ns)
         if last_run is not None:
-            await self._publish(run.action.id, [last_run])
+            await self._publish(rule.id, [last_run])
         await self._set_error(run.action.id, event.error)
         await self._apply(rule, rule.evaluate(self.clock.now_ns()))
 
     # ---- outcomes, timers, actions ----
 
     async def _apply(self, rule: RuleRuntime, outcome: Outcome) -> None:
-        for node, points in outcome.writes:
-            await self._publish(node, points)
+        """Publish the setValues, then the state writes (one message per node, the rule's own
+        carrying the setValues' `lastRun`), then start the notify tasks."""
+        last_runs: list[Point] = []
         for run in outcome.runs:
-            self._spawn(self._run_action(run), f"action {run.action.id}", self._actions)
+            if run.action.config.action is ActionType.SET_VALUE:
+                await self._set_value(run)
+                done = rule.action_done(run.action.id, run.run_ns)
+                if done is not None:
+                    last_runs.append(done)
+        for node, points in outcome.writes:
+            if node == rule.id:
+                points, last_runs = points + last_runs, []
+            await self._publish(node, points)
+        if last_runs:
+            await self._publish(rule.id, last_runs)
+        for run in outcome.runs:
+            if run.action.config.action is not ActionType.SET_VALUE:
+                self._spawn(self._run_action(run), f"action {run.action.id}", self._actions)
         if self.rules.get(rule.id) is not rule:
             return
         deadline = rule.next_deadline_ns(self.clock.now_ns())
@@ -266,16 +313,20 @@ class RulesManager:
                 deadline = None  # the consumer will set new deadlines and wake us
             await self.clock.wait_until(deadline, self._wake)
 
+    async def _set_value(self, run: ActionRun) -> None:
+        """Publish the action's point; the reply goes to `_on_reply`, nobody waits for it."""
+        config = run.action.config
+        target = config.node_id or run.rule.parent
+        point = Point(config.point_type, config.value, key=config.point_key, origin=run.action.id)
+        await self.client.nc.publish(
+            subjects.points(target), encode_points([point]), reply=f"{self._inbox}.{run.action.id}"
+        )
+
     async def _run_action(self, run: ActionRun) -> None:
+        """Run a notify action in its own task; the result comes back as `_ActionDone`."""
         error = ""
         try:
-            config = run.action.config
-            if config.action is ActionType.SET_VALUE:
-                target = config.node_id or run.rule.parent
-                point = Point(config.point_type, config.value, key=config.point_key, origin=run.action.id)
-                await self.client.send_points(target, [point])
-            else:
-                await self._notify(run)
+            await self._notify(run)
         except SiotError as exc:
             error = str(exc)
             logger.warning("rules: action %s of rule %s failed: %s", run.action.id, run.rule.id, exc)

@@ -4,11 +4,15 @@ Pure logic: no I/O, no clock of its own (every call takes `now_ns`), so tests dr
 DST changes and long holds instantly. Each call returns an `Outcome`: state points to persist and
 actions to run; the manager does the writing and running, then reports back with `action_done`.
 
-Why restarts neither re-fire nor forget: the rule persists `active` and `activeChanged` (the time
-of its last transition), each action persists `lastRun`. An action is due when the rule is in the
-action's state and `lastRun < activeChanged` (not yet run for this transition) or a reminder is
-due (`now >= lastRun + repeatInterval`). A restart reloads those points and asks the same question.
+Why restarts neither re-fire nor forget: the rule persists `active`, `activeChanged` (the time
+of its last transition) and, keyed by action id, each action's `lastRun`; all on the rule node, so
+an evaluation writes one message. An action is due when the rule is in the action's state and
+`lastRun < activeChanged` (not yet run for this transition) or a reminder is due
+(`now >= lastRun + repeatInterval`). A restart reloads those points and asks the same question.
 A crash between running an action and persisting `lastRun` re-runs it (at-least-once).
+
+Only what a restart needs is persisted: a condition's `active`/`holdUntil` only when it has a hold
+time (without one, its state is recomputed from the watched points the manager seeds it with).
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ class ConditionRuntime:
     watch: Watch = field(default_factory=Watch)
     active: bool = False
     hold_until_ns: int = 0
+
+    @property
+    def held(self) -> bool:
+        """True if the condition has a hold time, so its state must survive a restart."""
+        return self.config.min_active_s > 0 or self.config.min_inactive_s > 0
 
     def update(self, now_ns: int) -> bool:
         """Advance the held state to `now`; True if `active` or the hold deadline changed."""
@@ -142,7 +151,7 @@ class RuleRuntime:
         if self.config.disabled:
             return out
         for cond in self.conditions:
-            if not cond.config.disabled and cond.update(now_ns):
+            if not cond.config.disabled and cond.update(now_ns) and cond.held:
                 out.writes.append((cond.id, cond.state_points()))
         enabled = [c for c in self.conditions if not c.config.disabled]
         active = bool(enabled) and all(c.active for c in enabled)
@@ -151,11 +160,16 @@ class RuleRuntime:
                 "rule %s (%s): %s", self.id, self.config.description, "active" if active else "inactive"
             )
             self.active = active
-            self.changed_ns = now_ns
+            # Strictly increasing: one committed batch may flip a rule several times at the same
+            # `now`, and each transition must still be newer than the last run of its actions.
+            self.changed_ns = max(now_ns, self.changed_ns + 1)
             out.writes.append(
                 (
                     self.id,
-                    [Point(ACTIVE, active, origin=self.id), Point(ACTIVE_CHANGED, now_ns, origin=self.id)],
+                    [
+                        Point(ACTIVE, active, origin=self.id),
+                        Point(ACTIVE_CHANGED, self.changed_ns, origin=self.id),
+                    ],
                 )
             )
         trigger = self.trigger()
@@ -163,7 +177,7 @@ class RuleRuntime:
             if action.inactive != self.active and action.due(self.changed_ns, now_ns):
                 reminder = action.last_run_ns >= self.changed_ns
                 action.running = True
-                out.runs.append(ActionRun(self, action, now_ns, trigger, reminder))
+                out.runs.append(ActionRun(self, action, max(now_ns, self.changed_ns), trigger, reminder))
         return out
 
     def trigger(self) -> Trigger | None:
@@ -172,13 +186,13 @@ class RuleRuntime:
         return max(triggers, key=lambda t: t.point.time, default=None)
 
     def action_done(self, action_id: str, run_ns: int) -> Point | None:
-        """Record that a run finished (delivered or given up); returns the `lastRun` point to
-        persist, or None if the action has been removed from the rule meanwhile."""
+        """Record that a run finished (delivered or given up); returns the rule's `lastRun` point
+        (key = action id) to persist, or None if the action has been removed meanwhile."""
         for action in self.actions:
             if action.id == action_id:
                 action.running = False
                 action.last_run_ns = max(action.last_run_ns, run_ns)
-                return Point(LAST_RUN, action.last_run_ns, origin=action.id)
+                return Point(LAST_RUN, action.last_run_ns, key=action.id, origin=self.id)
         return None
 
     def adopt(self, old: RuleRuntime) -> list[ConditionRuntime]:
