@@ -136,6 +136,10 @@ class NodeManager(Generic[ConfigT]):
         except SiotError:
             await self._stop(node)
             return
+        if not info.points and node not in self.runners:
+            # `create_node` writes the edge before the points: wait for them rather than
+            # reporting an "invalid config" that is only a node half-way through creation.
+            return
         try:
             config = decode_config(self.model, info)
         except pydantic.ValidationError as exc:

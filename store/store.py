@@ -32,6 +32,7 @@ from siot.errors import (
     UnknownNode,
 )
 from siot.points import Point
+from siot.store.checkpoint import Checkpointer
 from siot.store.schema import migrate
 from siot.store.tree import NODE_TYPE, ROOT_PARENT, TOMBSTONE, EdgeState, Tree
 from siot.store.writer import WriteRows, apply_writes, connect, unpack_value
@@ -100,11 +101,16 @@ class Store:
         self._listeners: list[CommitListener] = []
         self._next_seq = 1
         self._tasks: set[asyncio.Task[None]] = set()
+        self._checkpointer: Checkpointer | None = None
         self._closing = False
 
     @property
     def root_id(self) -> str:
         return self.instance_id
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        return self._checkpointer
 
     @property
     def last_seq(self) -> int:
@@ -131,6 +137,8 @@ class Store:
             self._reader = await aiosqlite.connect(self.config.path)
             await self._reader.execute("PRAGMA query_only=1")
             await self._load()
+            self._checkpointer = Checkpointer(self.config.path, lambda: self.last_seq)
+            await self._checkpointer.__aenter__()
         except Exception as exc:
             await self._close_connections()
             if isinstance(exc, SiotError):
@@ -412,6 +420,9 @@ class Store:
         await self._close_connections()
 
     async def _close_connections(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.__aexit__(None, None, None)
+            self._checkpointer = None
         if self._reader is not None:
             await self._reader.close()
             self._reader = None

@@ -38,6 +38,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+
+
 def pack_value(value: object) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
@@ -67,6 +70,8 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute("PRAGMA foreign_keys=OFF")
     db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # store/checkpoint.py does it off the write path
+    db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     return db
 
 

@@ -103,3 +103,20 @@ def test_points_to_fields_keys_and_tombstones() -> None:
         Point("gone", 5, tombstone=1),
     ]
     assert points_to_fields(points) == {"a": 1, "tag": {"color": "x", "size": "y"}}
+
+
+async def test_a_node_being_created_gets_no_spurious_error(app: App) -> None:
+    Greeter.events = asyncio.Queue()
+    ctx = app.context
+    assert ctx is not None
+    client = ctx.client
+    async with greeter_manager(ctx), client.changes() as changes:
+        node = await client.create_node(client.root_id, "greeter", [Point("greeting", "hey")])
+        assert await next_event() == ("said", "hey")
+        seen = []
+        async with asyncio.timeout(5):
+            while not any(p.type == "said" for p in seen):
+                change = await changes.get()
+                if change.node == node and change.parent is None:
+                    seen.extend(change.points)
+        assert [p.type for p in seen if p.type == "error"] == []

@@ -104,3 +104,19 @@ async def test_full_sync_mode_is_selectable(tmp_path) -> None:
         await make_node(store)
     with pytest.raises(ValueError, match="NORMAL or FULL"):
         Store(StoreConfig(path=str(tmp_path / "g.db"), synchronous="OFF"))
+
+
+async def test_wal_is_checkpointed_off_the_write_path(store: Store, db_path: str) -> None:
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # other connections
+    await make_node(store)
+    checkpointer = store.checkpointer
+    assert checkpointer is not None
+    for round_ in range(3):
+        checkpointer.checkpointed.clear()
+        await store.submit("n1", [Point("v", i, key=str(i), time=round_ * 1000 + i + 1) for i in range(500)])
+        async with asyncio.timeout(10):
+            await checkpointer.checkpointed.wait()
+        assert checkpointer.last_result is not None
+        busy, wal_pages, done_pages = checkpointer.last_result
+        assert busy == 0 and wal_pages == done_pages > 0

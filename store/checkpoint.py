@@ -1,0 +1,80 @@
+"""WAL checkpoints off the write path.
+
+SQLite's automatic checkpoint runs inside the COMMIT that crosses the threshold, on the writer
+thread, so every ~1,000 pages one commit (and every write queued behind it) also copies the WAL
+into the database file. Here the writer has `wal_autocheckpoint=0` and this checkpointer runs
+PASSIVE checkpoints from its own connection and thread, which SQLite allows concurrently with the
+writer; the copying then overlaps with ingest on the second core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT_INTERVAL_S = 0.5
+
+
+class Checkpointer:
+    """Checkpoints the WAL whenever the store has committed since the last checkpoint.
+    `async with Checkpointer(path, last_seq)` runs it; leaving stops it (the writer's final
+    close checkpoints what is left)."""
+
+    def __init__(
+        self, path: str, last_seq: Callable[[], int], interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    ) -> None:
+        self._path = path
+        self._last_seq = last_seq
+        self._interval_s = interval_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siot-store-checkpoint")
+        self._db: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.last_result: tuple[int, int, int] | None = None
+        self.checkpointed = asyncio.Event()  # set after each checkpoint; cleared by whoever waits
+
+    async def __aenter__(self) -> Checkpointer:
+        loop = asyncio.get_running_loop()
+        self._db = await loop.run_in_executor(self._executor, self._connect)
+        self._task = asyncio.create_task(self._run(), name="store checkpointer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
+        self._executor.shutdown(wait=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """(busy, wal pages, pages checkpointed), as SQLite reports; runs on the caller's thread."""
+        assert self._db is not None
+        return self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        done_seq = -1
+        while True:
+            await asyncio.sleep(self._interval_s)
+            seq = self._last_seq()
+            if seq == done_seq:
+                continue
+            try:
+                self.last_result = await loop.run_in_executor(self._executor, self.checkpoint)
+                done_seq = seq
+                self.checkpointed.set()
+            except sqlite3.Error:
+                logger.exception("store: WAL checkpoint failed; will retry")
