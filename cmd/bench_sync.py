@@ -5,7 +5,8 @@ they are attached, the edge's sync node is disabled (the link closes, as in an o
 edge stores the backlog (`--points` values over `--nodes` sensors, in acked batches), and the
 sync node is enabled again. The clock runs from that write until the edge reports a backlog of
 0 (every row acknowledged by the cloud after its commit), and on until the digests of both
-copies of the edge's subtree match. The cloud's history is then checked to hold every value.
+copies of the edge's subtree match. The cloud's history is then checked to hold every value,
+and the latency of single changes is sampled both ways while connected.
 
 Beside it, in the same run: a bare nats-py publish loop of one point's payload, and SQLite
 `executemany` of the same rows (upsert + log row) into a scratch file. Catch-up pays both on
@@ -49,6 +50,7 @@ DEFAULT_NODES = 100
 DEFAULT_BATCH = 1_000
 POLL_S = 0.1
 PHASE_TIMEOUT_S = 600.0
+LATENCY_SAMPLES = 50
 
 
 @contextlib.contextmanager
@@ -122,6 +124,8 @@ async def sync_main(
         await wait_peer(edge, settled)
         digest_s = time.perf_counter() - start
 
+        up_ms = await latency_ms(edge, cloud, sensors[0])
+        down_ms = await latency_ms(cloud, edge, sensors[0])
         history = await cloud.history(sensors[-1], "temp", limit=per_node + 1)
         if len(history) != per_node:
             raise click.ClickException(f"cloud history holds {len(history)} of {per_node} values")
@@ -138,6 +142,8 @@ async def sync_main(
             "catchUpS": catch_up_s,
             "catchUpPointsS": backlog / catch_up_s,
             "untilDigestsMatchS": digest_s,
+            "latencyUpMs": up_ms,
+            "latencyDownMs": down_ms,
             "rawPublishMsgsS": raw_publish,
             "rawSqliteRowsS": raw_sqlite,
             "targetPointsS": TARGET_POINTS_S,
@@ -148,6 +154,22 @@ async def sync_main(
         await cloud.close()
 
 
+async def latency_ms(source: Client, target: Client, node: str) -> dict[str, float]:
+    """Milliseconds from writing a point on `source` (before its ack) until `target` has
+    committed it (its fan-out arrives), one write at a time; p50 and max."""
+    samples = []
+    async with target.changes(node) as changes:
+        for i in range(LATENCY_SAMPLES):
+            start = time.perf_counter()
+            await source.send_points(node, [Point("probe", i)])
+            async with asyncio.timeout(PHASE_TIMEOUT_S):
+                while not any(p.type == "probe" and p.value == i for p in (await changes.get()).points):
+                    pass
+            samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return {"p50": samples[len(samples) // 2], "max": samples[-1]}
+
+
 def print_report(r: dict[str, Any]) -> None:
     verdict = "PASS" if r["pass"] else "FAIL"
     click.echo(f"sync catch-up of {r['backlogPoints']:,} backlog points over {r['nodes']} nodes")
@@ -156,6 +178,11 @@ def print_report(r: dict[str, Any]) -> None:
         f"target >= {r['targetPointsS']:,}  {verdict}"
     )
     click.echo(f"  until digests match {r['untilDigestsMatchS']:>10.2f} s")
+    up, down = r["latencyUpMs"], r["latencyDownMs"]
+    click.echo(
+        f"  change latency      edge->cloud p50 {up['p50']:.1f} ms (max {up['max']:.1f}), "
+        f"cloud->edge p50 {down['p50']:.1f} ms (max {down['max']:.1f})"
+    )
     click.echo(f"  edge write (acked)  {r['edgeWritePointsS']:>10,.0f} points/s  (for scale)")
     click.echo(f"  raw nats-py publish {r['rawPublishMsgsS']:>10,.0f} msgs/s    (one point per message)")
     click.echo(f"  raw SQLite insert   {r['rawSqliteRowsS']:>10,.0f} rows/s    (upsert + log row, batched)")
