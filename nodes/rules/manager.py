@@ -2,9 +2,11 @@
 points they depend on, runs their timers and their actions.
 
 Event flow. One subscription to `up.<root>.>` sees every committed change once; it drives config
-reloads and conditions that name a node. Conditions with a blank nodeID (or offline ones) watch a
-subtree: one `up.<node>.>` subscription per distinct watched node, shared by every rule that
-needs it. A point therefore reaches only the conditions that depend on it, through dict lookups.
+reloads and conditions that name a node. Its callback drops, before decoding, point changes of
+nodes that are neither watched by name nor part of a rule, so unrelated traffic costs no decode.
+Conditions with a blank nodeID (or offline ones) watch a subtree: one `up.<node>.>` subscription
+per distinct watched node, shared by every rule that needs it. A point therefore reaches only the
+conditions that depend on it, through dict lookups.
 
 One consumer task owns all rule state. NATS callbacks, timer ticks and finished actions are put
 on one queue and handled in order, so two evaluations of a rule never interleave and the state
@@ -52,7 +54,8 @@ from siot.store.tree import NODE_TYPE
 
 logger = logging.getLogger(__name__)
 
-ENGINE_TYPES = frozenset((RULE, CONDITION, ACTION, ACTION_INACTIVE, "msgService", "user"))
+RULE_TYPES = frozenset((RULE, CONDITION, ACTION, ACTION_INACTIVE))
+ENGINE_TYPES = RULE_TYPES | {"msgService", "user"}
 DEFAULT_QUEUE_SIZE = 100_000
 # A config change is applied once the queue is drained, or after this long under steady load.
 RELOAD_DELAY_NS = 200_000_000
@@ -105,6 +108,9 @@ class RulesManager:
         self.ready = asyncio.Event()
         self._root = ""
         self._owner: dict[str, str] = {}  # rule and child node id -> rule id
+        # Every rule/condition/action node ever seen, kept by the NATS callback itself from edge
+        # changes, so a new child's first points are never filtered out before its rule reloads.
+        self._engine_nodes: set[str] = set()
         self._exact: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
         self._subtree: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
         self._subs: dict[str, Subscription] = {}
@@ -129,6 +135,9 @@ class RulesManager:
         # Subscribe before loading, so a change committed during the load is queued, not lost.
         await self._subscribe(self._root)
         tree = await self.client.tree(self._root)
+        for node in _walk(tree):
+            if node.type in RULE_TYPES:
+                self._engine_nodes.add(node.id)
         for node in _walk(tree):
             if node.type == RULE:
                 await self._load(node.id, node.parent)
@@ -169,8 +178,19 @@ class RulesManager:
 
     async def _on_msg(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
+        ancestor, node = tokens[1], tokens[2]
         parent = tokens[3] if len(tokens) > 3 else None
-        await self._queue.put(_Changed(tokens[1], tokens[2], parent, decode_trusted_points(msg.data)))
+        if (
+            parent is None
+            and ancestor == self._root
+            and node not in self._exact
+            and node not in self._engine_nodes
+        ):
+            return  # nothing depends on it; a loading rule seeds from the store after indexing
+        points = decode_trusted_points(msg.data)
+        if parent is not None and any(p.type == NODE_TYPE and p.value in RULE_TYPES for p in points):
+            self._engine_nodes.add(node)
+        await self._queue.put(_Changed(ancestor, node, parent, points))
 
     async def _on_reply(self, msg: Msg) -> None:
         """The store's answer to a setValue (subject `<inbox>.<action id>`): queue an error change
@@ -395,12 +415,15 @@ class RulesManager:
         self._owner[rule_id] = rule_id
         for child in children:
             self._owner[child.id] = rule_id
+        # Index every condition before the first await: a point for an adopted (not re-seeded)
+        # evaluator must not be filtered out by `_on_msg` while a subscription is being made.
         for cond in runtime.conditions:
             if cond.watch.node:
                 index = self._subtree if cond.watch.subtree else self._exact
                 index.setdefault(cond.watch.node, []).append((runtime, cond))
-                if cond.watch.subtree:
-                    await self._subscribe(cond.watch.node)
+        for cond in runtime.conditions:
+            if cond.watch.subtree:
+                await self._subscribe(cond.watch.node)
         trees: dict[str, TreeNode] = {}
         for cond in fresh:
             await self._seed(cond, now, trees)
