@@ -237,7 +237,14 @@ class UpstreamLink:
 
     async def _run(self) -> None:
         logger.info("sync: connecting to upstream %s", self.config.uri)
-        nc = await self._connect()
+        while True:
+            try:
+                nc = await self._connect()
+                break
+            except Exception as exc:  # e.g. a malformed URI: say so in the status, keep trying
+                self.status.error(f"cannot connect to {self.config.uri}: {exc}")
+                logger.error("sync: cannot connect to upstream %s: %s", self.config.uri, exc)
+                await asyncio.sleep(self._backoff.next_s())
         self._inbox = nc.new_inbox()
         await nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
 
@@ -261,6 +268,11 @@ class UpstreamLink:
                     self.status.state = LinkState.DISCONNECTED
                 logger.warning("sync: round with %s failed: %s", self.config.uri, message)
                 await self._connected.wait()
+                await asyncio.sleep(self._backoff.next_s())
+            except Exception as exc:  # a bug must not end the link for good
+                self._need_hello = True
+                self.status.error(f"internal error: {exc}")
+                logger.exception("sync: round with %s failed unexpectedly", self.config.uri)
                 await asyncio.sleep(self._backoff.next_s())
 
     def _set_detached(self, message: str) -> None:

@@ -323,3 +323,37 @@ async def test_cloud_restored_from_backup_is_resent_and_repaired(tmp_path: Path)
     finally:
         edge_proc.stop()
         cloud.stop()
+
+
+async def test_sync_node_disable_enable_and_flag_reuses_the_node(
+    tmp_path: Path, cloud: SiotProcess, cloud_client: Client
+):
+    edge_proc = await start(
+        SiotProcess(data_dir=tmp_path / "edge", instance_id="edge-1", extra_args=["--upstream", cloud.url])
+    )
+    try:
+        edge = await connect(edge_proc)
+        await until(lambda: upstream_settled(edge))
+        [sync_node] = await edge.children(edge.root_id, type="sync")
+        assert sync_node.value("uri") == cloud.url
+
+        await edge.send_points(sync_node.id, [Point("disabled", True)])
+        await until(lambda: peer_state(edge, "disabled"))
+        await edge.send_points(edge.root_id, [Point("offline", 1)])
+        assert (await cloud_client.get_node("edge-1")).value("offline") is None
+        await edge.send_points(sync_node.id, [Point("disabled", False)])
+
+        async def cloud_has_it() -> bool:
+            return (await cloud_client.get_node("edge-1")).value("offline") == 1
+
+        await until(cloud_has_it)
+        await edge.close()
+
+        await asyncio.to_thread(edge_proc.stop)
+        await start(edge_proc)  # same --upstream: the node is reused, not duplicated
+        edge = await connect(edge_proc)
+        assert [n.id for n in await edge.children(edge.root_id, type="sync")] == [sync_node.id]
+        await until(lambda: upstream_settled(edge))
+        await edge.close()
+    finally:
+        edge_proc.stop()
