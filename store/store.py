@@ -221,13 +221,17 @@ class Store:
         via: str = "",
         provenance: list[tuple[str, int]] | None = None,
         internal: bool = False,
+        history: bool = False,
     ) -> asyncio.Future[list[Point]]:
         """Queue a write; the future resolves to the points that changed, after commit, or raises
-        `InvalidInput` if the tree refuses it. `parent` set means edge points of parent -> node."""
+        `InvalidInput` if the tree refuses it. `parent` set means edge points of parent -> node.
+        `history` (sync): also log, once, points that lose the merge (a peer's older values)."""
         if self._closing:
             raise StoreError("store is closing")
         future: asyncio.Future[list[Point]] = asyncio.get_running_loop().create_future()
-        rows = WriteRows(node=node, parent=parent, points=points, via=via, provenance=provenance)
+        rows = WriteRows(
+            node=node, parent=parent, points=points, via=via, provenance=provenance, history=history
+        )
         self._queue.put_nowait(Write(rows=rows, reply=reply, future=future, internal=internal))
         return future
 

@@ -59,6 +59,9 @@ class WriteRows:
     via: str = ""
     # Where each point was first accepted (sync passes the peer's); None = here, now.
     provenance: list[tuple[str, int]] | None = None
+    # Sync sets this: a point that loses the merge is still history (a value a peer held while
+    # apart), so it is logged, once, without changing the current value or fanning out.
+    history: bool = False
     changed: list[Point] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
 
@@ -75,11 +78,25 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     return db
 
 
-def apply_writes(db: sqlite3.Connection, writes: list[WriteRows], instance: str, next_seq: int) -> int:
-    """Merge every write's points in one transaction and log those that won; return next seq.
+LOGGED = """
+SELECT 1 FROM point_log WHERE node = ? AND type = ? AND key = ? AND time = ? AND parent = ? AND origin = ?
+LIMIT 1
+"""
 
-    Fills `changed` and `seqs` on each write. On any SQLite error the transaction is rolled back
-    and the error propagates: nothing of the group is stored, and the caller fails every write.
+
+def _not_logged(db: sqlite3.Connection, write: WriteRows, p: Point) -> bool:
+    """True if the log has no entry for this exact (point, time, origin) yet (history index)."""
+    args = (write.node, p.type, p.key, p.time, write.parent, p.origin)
+    return db.execute(LOGGED, args).fetchone() is None
+
+
+def apply_writes(db: sqlite3.Connection, writes: list[WriteRows], instance: str, next_seq: int) -> int:
+    """Merge every write's points in one transaction and log those that won (and, for `history`
+    writes, those that lost but were never logged); return next seq.
+
+    Fills `changed` (the winners) and `seqs` (every logged point) on each write. On any SQLite
+    error the transaction is rolled back and the error propagates: nothing of the group is
+    stored, and the caller fails every write.
     """
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -110,8 +127,10 @@ def apply_writes(db: sqlite3.Connection, writes: list[WriteRows], instance: str,
                         (write.node, p.type, p.key, p.time, blob, p.tombstone, p.origin),
                     )
                 if db.total_changes == before:
-                    continue
-                changed.append(p)
+                    if not (write.history and _not_logged(db, write, p)):
+                        continue
+                else:
+                    changed.append(p)
                 seq = next_seq
                 next_seq += 1
                 write.seqs.append(seq)

@@ -405,8 +405,10 @@ class UpstreamLink:
         self._down_ack = ack
         return total
 
-    async def _apply(self, rows: list[protocol.SyncRow]) -> None:
-        applied = await apply_rows(self.store, rows, via=self.upstream_id, fallback_instance=self.upstream_id)
+    async def _apply(self, rows: list[protocol.SyncRow], *, history: bool = True) -> None:
+        applied = await apply_rows(
+            self.store, rows, via=self.upstream_id, fallback_instance=self.upstream_id, history=history
+        )
         self.status.received += len(rows)
         if applied.errors:
             message = "rows from upstream refused here: " + "; ".join(applied.errors)
@@ -475,7 +477,7 @@ class UpstreamLink:
             reply = await self._request(protocol.state(self.edge_id), {"nodes": chunk})
             state = protocol.decode_rows(reply.get("rows", []))
             if state:
-                await self._apply(state)
+                await self._apply(state, history=False)
 
     async def _ship_state(self, rows: list[LogRow]) -> None:
         subject = protocol.up(self.edge_id)

@@ -214,7 +214,8 @@ class SyncServer:
             to = _int_field(request, "to", None)
             rows = protocol.decode_rows(request.get("rows", []))
             # Queued here, inside the callback, so windows commit in arrival order.
-            pending = submit_rows(self.store, rows, via=edge, fallback_instance=edge)
+            history = not request.get("state", False)
+            pending = submit_rows(self.store, rows, via=edge, fallback_instance=edge, history=history)
         except InvalidInput as exc:
             await self._fail(msg, edge, exc)
             return

@@ -135,6 +135,11 @@ async def test_outage_loses_no_history_and_conflicts_converge(tmp_path: Path):
             assert node.value("setpoint") == 1.0  # newer time wins
             assert node.value("mode") == "edge"  # equal time: greater origin wins
             assert (await client.get_node(sensors[1])).value("setpoint") == 7.0
+            # Both sides keep both sides' values as history, the losers included, each once.
+            setpoints = await client.history(sensors[0], "setpoint")
+            assert [(p.time, p.value) for p in setpoints] == [(t0 + 1, 2.0), (t0 + 2, 1.0)]
+            modes = await client.history(sensors[0], "mode")
+            assert sorted(p.value for p in modes) == ["cloud", "edge"]
         assert await snapshot(edge, "edge-1") == await snapshot(cloud_client, "edge-1")
         await cloud_client.close()
         await edge.close()
