@@ -60,23 +60,15 @@ class Target:
         `click.ClickException`s. `reconnect` (for long-running commands) reconnects forever."""
 
         async def main() -> T:
-            try:
-                client = await Client.connect(
-                    self.url,
-                    name="siot-cli",
-                    token=self.token or None,
-                    timeout_s=self.timeout_s,
-                    reconnect_forever=False,
-                    allow_reconnect=reconnect,
-                    # nats-py retries even the first connect up to this many times (0 = forever)
-                    max_reconnect_attempts=1,
-                    error_cb=_quiet_error,
-                )
-            except Exception as exc:  # refused, DNS, auth, timeout: all mean "cannot connect"
-                reason = str(exc) or type(exc).__name__
-                raise click.ClickException(f"cannot connect to {self.url}: {reason}") from exc
-            if reconnect:  # fail fast above, but once connected ride out restarts of the instance
-                client.nc.options["max_reconnect_attempts"] = -1
+            client = await Client.connect(
+                self.url,
+                name="siot-cli",
+                token=self.token or None,
+                timeout_s=self.timeout_s,
+                reconnect_forever=reconnect,  # long-running commands ride out instance restarts
+                allow_reconnect=reconnect,
+                error_cb=_quiet_error,
+            )
             try:
                 return await work(client)
             finally:

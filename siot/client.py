@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,16 +26,20 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from siot import subjects
 from siot.codec import decode_reply, decode_trusted_points, encode, point_from_wire
-from siot.errors import RequestFailed
+from siot.errors import ConnectFailed, RequestFailed
 from siot.points import Point
 from siot.store.tree import NODE_TYPE, TOMBSTONE
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_URL = "nats://127.0.0.1:4222"
+INITIAL_CONNECT_ATTEMPTS = 1
 DEFAULT_TIMEOUT_S = 10.0
 HISTORY_END_NS = 2**63 - 1
 
@@ -137,6 +142,11 @@ class Changes:
         return await self._queue.get()
 
 
+async def _log_connection_error(exc: Exception) -> None:
+    """nats-py prints a traceback per failed attempt by default; one warning line is enough."""
+    logger.warning("nats: %s", exc or type(exc).__name__)
+
+
 class Client:
     """A connection to one siot instance. Build it with `await Client.connect(url)` (it owns and
     closes the NATS connection) or `Client(nc)` around a connection you own."""
@@ -160,11 +170,21 @@ class Client:
         reconnect_forever: bool = True,
         **options: Any,
     ) -> Client:
-        """Connect to the NATS server of a siot instance. Reconnects forever unless told not to."""
-        if reconnect_forever:
-            options.setdefault("max_reconnect_attempts", -1)
+        """Connect to the NATS server of a siot instance.
+
+        The first connection fails fast (raises after a couple of attempts) so a wrong URL is
+        reported at once; once connected, the link reconnects forever unless told not to, since
+        an edge's uplink must survive any outage.
+        """
         options.setdefault("reconnect_time_wait", 0.5)
-        nc = await nats.connect(url, name=name, token=token or None, connect_timeout=timeout_s, **options)
+        options.setdefault("error_cb", _log_connection_error)
+        later_attempts = -1 if reconnect_forever else options.pop("max_reconnect_attempts", 60)
+        options["max_reconnect_attempts"] = INITIAL_CONNECT_ATTEMPTS
+        try:
+            nc = await nats.connect(url, name=name, token=token or None, connect_timeout=timeout_s, **options)
+        except (OSError, NatsError, TimeoutError) as exc:
+            raise ConnectFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+        nc.options["max_reconnect_attempts"] = later_attempts  # read by nats-py at each reconnect
         return cls(nc, timeout_s=timeout_s, owns_connection=True)
 
     async def __aenter__(self) -> Client:

@@ -85,5 +85,9 @@ class RequestFailed(SiotError):
     """A request got `{"error": ...}` back; the text is the remote's message."""
 
 
+class ConnectFailed(SiotError):
+    """No NATS server answered at the URL; the text names the URL and the reason."""
+
+
 class NotImplementedFeature(SiotError, NotImplementedError):
     """A feature that is designed but not built yet; the message says which."""
