@@ -172,12 +172,13 @@ class RuleRuntime:
                     ],
                 )
             )
-        trigger = self.trigger()
         for action in self.actions:
             if action.inactive != self.active and action.due(self.changed_ns, now_ns):
                 reminder = action.last_run_ns >= self.changed_ns
                 action.running = True
-                out.runs.append(ActionRun(self, action, max(now_ns, self.changed_ns), trigger, reminder))
+                out.runs.append(
+                    ActionRun(self, action, max(now_ns, self.changed_ns), self.trigger(), reminder)
+                )
         return out
 
     def trigger(self) -> Trigger | None:
