@@ -230,6 +230,11 @@ class RulesManager:
         now = self.clock.now_ns()
         if event.ancestor == self._root:
             self._note_config_change(event)
+        if self._dirty and event.parent is None and self._feeds_dirty_rule(event):
+            # A config change of this rule is waiting for the queue to drain: apply it first, so
+            # the point meets the config that was committed before it (not a half-built rule).
+            await self._reload_dirty()
+        if event.ancestor == self._root:
             if event.parent is None:
                 for rule, cond in self._exact.get(event.node, ()):
                     for point in event.points:
@@ -242,6 +247,12 @@ class RulesManager:
                 if isinstance(cond.evaluator, Offline) and point.origin in self._owner:
                     continue
                 await self._apply(rule, rule.on_point(cond, event.node, point, now))
+
+    def _feeds_dirty_rule(self, event: _Changed) -> bool:
+        watchers = [*self._subtree.get(event.ancestor, ())]
+        if event.ancestor == self._root:
+            watchers += self._exact.get(event.node, ())
+        return any(rule.id in self._dirty for rule, _ in watchers)
 
     def _note_config_change(self, event: _Changed) -> None:
         """Mark rules whose config this change may alter; they reload when the queue is drained."""
