@@ -16,12 +16,17 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import pydantic
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
+from siot import subjects
 from siot.app import AppContext
-from siot.client import Change, Changes, NodeInfo
+from siot.client import Change, NodeInfo
+from siot.codec import decode_trusted_points
 from siot.errors import SiotError
 from siot.points import Point
 from siot.store.tree import NODE_TYPE, TOMBSTONE
+from siot.store.tree import ROOT_PARENT as ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,12 @@ RunnerFactory = Callable[[AppContext, ConfigT], NodeRunner[ConfigT]]
 
 class NodeManager(Generic[ConfigT]):
     """Runs a `NodeRunner` for every live node of `node_type`. Use as an async context manager;
-    on enter, runners for existing nodes have started; on exit, all have stopped."""
+    on enter, runners for existing nodes have started; on exit, all have stopped.
+
+    It listens narrowly, so a daemon full of managers does not receive every write once per
+    manager: edge changes (`up.root.<node>.<parent>`, rare) reveal nodes of its type, and each
+    such node's own points arrive on `up.<node>.<node>`, filtered by nats-server.
+    """
 
     def __init__(
         self, ctx: AppContext, node_type: str, model: type[ConfigT], factory: RunnerFactory[ConfigT]
@@ -76,54 +86,66 @@ class NodeManager(Generic[ConfigT]):
         self.model = model
         self.factory = factory
         self.runners: dict[str, NodeRunner[ConfigT]] = {}
-        self._changes: Changes | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._watched: dict[str, Subscription] = {}
+        self._edge_sub: Subscription | None = None
+        self._lock = asyncio.Lock()  # one change at a time, whichever subscription it came on
 
     async def __aenter__(self) -> NodeManager[ConfigT]:
-        self._changes = await self.ctx.client.changes(accept=self._is_ours).__aenter__()
+        self._edge_sub = await self.ctx.nc.subscribe(subjects.up(ROOT, "*", "*"), cb=self._on_msg)
         tree = self.ctx.store.tree
-        for (_parent, node), state in list(tree.edges.items()):
-            if state.node_type == self.node_type and tree.live_parents(node) and node not in self.runners:
-                await self._refresh(node, None)
-        self._task = asyncio.create_task(self._follow(), name=f"{self.node_type} manager")
+        async with self._lock:
+            for (_parent, node), state in list(tree.edges.items()):
+                if state.node_type == self.node_type and tree.live_parents(node):
+                    await self._watch(node)
         logger.info("%s manager: %d node(s) running", self.node_type, len(self.runners))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._changes:
-            await self._changes.__aexit__(None, None, None)
-        for node in list(self.runners):
-            await self._stop(node)
+        if self._edge_sub is not None:
+            await self._edge_sub.unsubscribe()
+        async with self._lock:
+            for node in list(self._watched):
+                await self._unwatch(node)
 
-    async def _follow(self) -> None:
-        assert self._changes is not None
-        async for change in self._changes:
+    async def _on_msg(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        node = tokens[2]
+        if not self._is_ours(node):
+            return
+        change = Change(node, tokens[3] if len(tokens) > 3 else None, decode_trusted_points(msg.data))
+        async with self._lock:
             try:
                 await self._on_change(change)
             except Exception:
-                logger.exception("%s manager: change for %s failed", self.node_type, change.node)
+                logger.exception("%s manager: change for %s failed", self.node_type, node)
 
     def _is_ours(self, node: str) -> bool:
         return self.ctx.store.tree.node_type(node) == self.node_type
 
     async def _on_change(self, change: Change) -> None:
         node = change.node
-        if not self._is_ours(node):
-            return
         if change.parent is not None:
             if any(p.type in (TOMBSTONE, NODE_TYPE) for p in change.points):
                 if self.ctx.store.tree.live_parents(node):
-                    await self._refresh(node, None)
+                    await self._watch(node)
                 else:
-                    await self._stop(node)
+                    await self._unwatch(node)
             return
         if self._own_echo(node, change):
             return
         await self._refresh(node, change)
+
+    async def _watch(self, node: str) -> None:
+        """Follow a node's own points; subscribe before reading it so no write falls between."""
+        if node not in self._watched:
+            self._watched[node] = await self.ctx.nc.subscribe(subjects.up(node, node), cb=self._on_msg)
+        await self._refresh(node, None)
+
+    async def _unwatch(self, node: str) -> None:
+        sub = self._watched.pop(node, None)
+        if sub is not None:
+            await sub.unsubscribe()
+        await self._stop(node)
 
     @staticmethod
     def _own_echo(node: str, change: Change) -> bool:

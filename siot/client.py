@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,19 +106,14 @@ class Changes:
     The subscription is live when `__aenter__` returns, so nothing committed after that is missed.
     """
 
-    def __init__(
-        self, nc: NATS, node: str, max_pending: int, accept: Callable[[str], bool] | None = None
-    ) -> None:
+    def __init__(self, nc: NATS, node: str, max_pending: int) -> None:
         self._nc = nc
         self._node = node
-        self._accept = accept
         self._queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=max_pending)
         self._sub: Any = None
 
     async def _on_msg(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
-        if self._accept is not None and not self._accept(tokens[2]):
-            return
         parent = tokens[3] if len(tokens) > 3 else None
         change = Change(node=tokens[2], parent=parent, points=decode_trusted_points(msg.data))
         await self._queue.put(change)
@@ -325,18 +320,9 @@ class Client:
     async def stats(self) -> dict[str, Any]:
         return await self.request(subjects.STATS, b"")
 
-    def changes(
-        self,
-        node: str = subjects.ROOT,
-        *,
-        max_pending: int = 100_000,
-        accept: Callable[[str], bool] | None = None,
-    ) -> Changes:
-        """Committed changes at and under `node` (default: everything), from now on.
-
-        `accept(node_id)` drops other nodes' changes before their points are decoded, which
-        matters to node clients that watch everything but care about one node type."""
-        return Changes(self.nc, node, max_pending, accept)
+    def changes(self, node: str = subjects.ROOT, *, max_pending: int = 100_000) -> Changes:
+        """Committed changes at and under `node` (default: everything), from now on."""
+        return Changes(self.nc, node, max_pending)
 
 
 __all__ = ["Change", "Changes", "Client", "NodeInfo", "TreeNode"]
