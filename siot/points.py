@@ -45,7 +45,9 @@ class Point(NamedTuple):
         """Return the point with `time` set to now when it asked for it (time 0)."""
         if self.time:
             return self
-        return self._replace(time=now_ns if now_ns is not None else _time.time_ns())
+        stamp = now_ns if now_ns is not None else _time.time_ns()
+        # Built directly: `_replace` costs three times as much, and this runs per ingested point.
+        return Point(self.type, self.value, self.key, stamp, self.tombstone, self.origin)
 
     def to_wire(self) -> dict[str, Any]:
         return {
