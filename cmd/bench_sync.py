@@ -40,6 +40,7 @@ from siot.cmd.bench import (
 )
 from siot.cmd.common import dumps
 from siot.codec import encode
+from siot.errors import RequestFailed
 from siot.points import Point
 from siot.store.writer import pack_value
 from siot.sync import protocol
@@ -76,7 +77,11 @@ def instance(root: Path, name: str, port: int, *extra: str) -> Iterator[Instance
 
 
 async def upstream_peer(edge: Client) -> dict[str, Any] | None:
-    for peer in (await edge.request(protocol.STATUS, encode({})))["peers"]:
+    try:
+        status = await edge.request(protocol.STATUS, encode({}))
+    except RequestFailed:  # the sync service starts after the API answers
+        return None
+    for peer in status["peers"]:
         if peer["role"] == "upstream":
             return peer
     return None

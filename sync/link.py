@@ -4,8 +4,8 @@ The link owns a client connection to the upstream's NATS server that reconnects 
 capped, jittered backoff. While connected it runs rounds: say hello (attach), push our log up in
 pipelined windows (our cursor advances only on the upstream's ack, after its commit), pull the
 upstream's changes to our subtree down (each pull acknowledges the previous window), and after
-catching up compare digests and repair from full state on mismatch. Between rounds it sleeps
-until a local commit, an upstream notify, or the poll interval.
+catching up compare digests and repair from full state on mismatch (`siot.sync.verify`). Between
+rounds it sleeps until a local commit, an upstream notify, or the poll interval.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from siot.client import Client
 from siot.codec import decode_reply, encode
 from siot.errors import RequestFailed, SiotError
 from siot.store import ROOT_PARENT, Store, Write
-from siot.store.log import LogRow, log_backlog, log_window, node_digests, state_rows, total_digest
+from siot.store.log import log_backlog, log_window
 from siot.sync import protocol
 from siot.sync.apply import apply_rows
 from siot.sync.cursors import IN, OUT, CursorBook
-from siot.sync.server import order_state_rows
 from siot.sync.status import LinkState, PeerStatus, Role
+from siot.sync.verify import verify
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
 BACKOFF_JITTER = 0.2
 DETACHED_RETRY_S = 5.0
-REPAIR_ROUNDS = 3
-STATE_CHUNK_NODES = 200
 
 
 class Backoff:
@@ -115,6 +113,11 @@ class UpstreamLink:
     @property
     def edge_id(self) -> str:
         return self.store.instance_id
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """Window limits (rows, bytes) for everything this link sends."""
+        return self.config.window_rows, self.config.window_bytes
 
     async def start(self) -> None:
         self._remove_listener = self.store.add_commit_listener(self._on_local_commit)
@@ -223,7 +226,7 @@ class UpstreamLink:
             raise RequestFailed(str(reply["error"]))
         return reply
 
-    async def _request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
         return await self._result(await self._send(subject, payload))
 
     async def _on_local_commit(self, writes: list[Write]) -> None:
@@ -295,13 +298,13 @@ class UpstreamLink:
         if shipped or pulled:
             return
         if time.monotonic() >= self._next_digest:
-            await self._verify()
+            await verify(self)
             self._next_digest = time.monotonic() + self.config.digest_interval_s
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_s)
 
     async def _hello(self) -> None:
-        reply = await self._request(
+        reply = await self.request(
             protocol.hello(self.edge_id),
             {
                 "instance": self.edge_id,
@@ -389,13 +392,13 @@ class UpstreamLink:
         total = 0
         ack = self._down_ack
         while True:
-            reply = await self._request(subject, {"ack": ack, "limit": self.config.window_rows})
+            reply = await self.request(subject, {"ack": ack, "limit": self.config.window_rows})
             rows = protocol.decode_rows(reply.get("rows", []))
             to = reply.get("to")
             if not isinstance(to, int):
                 raise RequestFailed("pull reply without 'to'")
             if rows:
-                await self._apply(rows)
+                await self.apply(rows)
                 total += len(rows)
             self.status.in_cursor = to
             self.book.set(self.upstream_id, IN, to)
@@ -405,7 +408,7 @@ class UpstreamLink:
         self._down_ack = ack
         return total
 
-    async def _apply(self, rows: list[protocol.SyncRow], *, history: bool = True) -> None:
+    async def apply(self, rows: list[protocol.SyncRow], *, history: bool = True) -> None:
         applied = await apply_rows(
             self.store, rows, via=self.upstream_id, fallback_instance=self.upstream_id, history=history
         )
@@ -415,73 +418,6 @@ class UpstreamLink:
             self.status.error(message)
             logger.warning("sync: %s", message)
 
-    # ---- verification and repair ----
-
-    def _members(self) -> list[str]:
-        return self.store.tree.descendants(self.edge_id, include_deleted=True)
-
-    async def _differences(self) -> tuple[list[str], str]:
-        """Nodes whose digests differ between here and upstream, and our total digest."""
-        mine = node_digests(await state_rows(self.store, self._members()))
-        theirs: dict[str, bytes] = {}
-        after = ""
-        while True:
-            reply = await self._request(protocol.digest(self.edge_id), {"after": after})
-            page = reply.get("nodes") or {}
-            theirs.update(page)
-            if not reply.get("more") or not page:
-                break
-            after = max(page)
-        differ = sorted(n for n in mine.keys() | theirs.keys() if mine.get(n) != theirs.get(n))
-        return differ, total_digest(mine)
-
-    async def _verify(self) -> None:
-        differ, digest = await self._differences()
-        if differ:
-            # Something may have been committed on either side since the round: catch up once more.
-            await self._ship_up()
-            await self._pull_down()
-            differ, digest = await self._differences()
-        for _ in range(REPAIR_ROUNDS):
-            if not differ:
-                break
-            logger.warning(
-                "sync: digest mismatch with %s on %d node(s) (e.g. %s); repairing from full state",
-                self.upstream_id,
-                len(differ),
-                ", ".join(differ[:3]),
-            )
-            self.status.repairs += 1
-            await self._repair(differ)
-            differ, digest = await self._differences()
-        self.status.digest = digest
-        self.status.digest_ns = time.time_ns()
-        self.status.digest_ok = not differ
-        if differ:
-            message = f"digests still differ on {len(differ)} node(s) after repair (e.g. {differ[0]})"
-            self.status.error(message)
-            logger.error("sync: %s", message)
-        else:
-            logger.info("sync: digest of our subtree matches %s (%s)", self.upstream_id, digest)
-
-    async def _repair(self, differ: list[str]) -> None:
-        """Send our full state of `differ` up and apply the upstream's full state of it here;
-        the merge rule settles each point the same way on both sides."""
-        members = self._members()
-        rows = order_state_rows(await state_rows(self.store, members, only=differ), members)
-        await self._ship_state(rows)
-        rank = {n: i for i, n in enumerate(members)}
-        ordered = sorted(differ, key=lambda n: (rank.get(n, len(rank)), n))
-        for start in range(0, len(ordered), STATE_CHUNK_NODES):
-            chunk = ordered[start : start + STATE_CHUNK_NODES]
-            reply = await self._request(protocol.state(self.edge_id), {"nodes": chunk})
-            state = protocol.decode_rows(reply.get("rows", []))
-            if state:
-                await self._apply(state, history=False)
-
-    async def _ship_state(self, rows: list[LogRow]) -> None:
-        subject = protocol.up(self.edge_id)
-        while rows:
-            window = protocol.take_window(rows, self.config.window_rows, self.config.window_bytes)
-            await self._request(subject, {"rows": protocol.encode_rows(window), "state": True})
-            rows = rows[len(window) :]
+    async def catch_up(self) -> int:
+        """Ship up and pull down once more; return rows moved."""
+        return await self._ship_up() + await self._pull_down()

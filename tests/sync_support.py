@@ -10,6 +10,7 @@ from typing import Any
 from siot import subjects
 from siot.client import Client
 from siot.codec import encode
+from siot.errors import RequestFailed
 from siot.points import Point
 from siot.store.tree import NODE_TYPE, TOMBSTONE
 from siot.sync import protocol
@@ -76,11 +77,19 @@ async def sync_status(client: Client) -> dict[str, Any]:
     return await client.request(protocol.STATUS, encode({}))
 
 
+async def upstream_peers(client: Client) -> list[dict[str, Any]]:
+    """The instance's upstream peer records; none while its sync service is still starting
+    (`SiotProcess.start` returns when the API answers, before node clients are up)."""
+    try:
+        status = await sync_status(client)
+    except RequestFailed:
+        return []
+    return [p for p in status["peers"] if p["role"] == "upstream"]
+
+
 async def upstream_settled(edge: Client) -> dict[str, Any] | None:
     """The edge's upstream peer record once it is connected, caught up and digest-verified."""
-    status = await sync_status(edge)
-    for peer in status["peers"]:
-        if peer["role"] == "upstream" and peer["state"] == "connected":
-            if peer["backlog"] == 0 and peer["digestOk"]:
-                return peer
+    for peer in await upstream_peers(edge):
+        if peer["state"] == "connected" and peer["backlog"] == 0 and peer["digestOk"]:
+            return peer
     return None

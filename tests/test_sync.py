@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from support import SIOT_BIN, SiotProcess, free_port
-from sync_support import build_tree, snapshot, sync_status, until, upstream_settled
+from sync_support import build_tree, snapshot, sync_status, until, upstream_peers, upstream_settled
 
 from siot.client import Client
 from siot.codec import encode
@@ -187,8 +187,8 @@ async def test_edge_killed_during_catch_up_resumes_without_loss_or_duplicates(tm
 
 
 async def peer_state(client: Client, state: str) -> dict | None:
-    for peer in (await sync_status(client))["peers"]:
-        if peer["role"] == "upstream" and peer["state"] == state:
+    for peer in await upstream_peers(client):
+        if peer["state"] == state:
             return peer
     return None
 
