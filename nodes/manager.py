@@ -120,7 +120,7 @@ class NodeManager(Generic[ConfigT]):
                 logger.exception("%s manager: change for %s failed", self.node_type, node)
 
     def _is_ours(self, node: str) -> bool:
-        return self.ctx.store.tree.node_type(node) == self.node_type
+        return self.ctx.store.tree.node_type(node) == self.node_type and self.ctx.manages(node)
 
     async def _on_change(self, change: Change) -> None:
         node = change.node

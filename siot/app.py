@@ -67,10 +67,19 @@ class AppContext:
     client: Client
     broker_url: str
     api: Api
+    # Roots of other instances' subtrees replicated here (edges synced up to this instance).
+    downstream_roots: set[str] = field(default_factory=set)
 
     @property
     def instance_id(self) -> str:
         return self.store.instance_id
+
+    def manages(self, node: str) -> bool:
+        """Whether this instance's node clients act on `node`. Not for a node inside an edge's
+        replicated subtree: the edge runs its own rules, ingest and archive, and running them in
+        the cloud as well would fire every action twice."""
+        roots = self.downstream_roots
+        return not roots or (node not in roots and roots.isdisjoint(self.store.tree.ancestors(node)))
 
 
 NodeClientFactory = Callable[[AppContext], AbstractAsyncContextManager[Any]]
@@ -89,10 +98,10 @@ def register_node_client(factory: NodeClientFactory) -> NodeClientFactory:
 # Imported when an App starts, not here, because they import this module. Data models come
 # before ingest so the validator is in place before ingest sends its first point.
 NODE_CLIENT_MODULES: list[str] = [
+    "siot.sync.service",  # first: it tells the others which subtrees belong to edges
     "siot.nodes.models",
     "siot.nodes.ingest",
     "siot.nodes.archive",
-    "siot.sync.service",
 ]
 NODE_CLIENT_MODULES.append("siot.nodes.rules.manager")  # rules start last: they act on the others
 

@@ -45,6 +45,10 @@ class CursorBook:
                 await self._task
         await self.flush()
 
+    def peers(self) -> set[str]:
+        """Every peer with a cursor: the upstream (if any) and every edge that ever attached."""
+        return {peer for peer, _ in self._cursors}
+
     def get(self, peer: str, direction: str) -> int | None:
         return self._cursors.get((peer, direction))
 

@@ -70,8 +70,11 @@ class SyncServer:
         *,
         window_rows: int = protocol.DEFAULT_WINDOW_ROWS,
         window_bytes: int = protocol.DEFAULT_WINDOW_BYTES,
+        downstream_roots: set[str] | None = None,
     ) -> None:
         self.nc = nc
+        # Shared with AppContext: attached edges' roots, whose subtrees local node clients leave alone.
+        self.downstream_roots = downstream_roots if downstream_roots is not None else set()
         self.store = store
         self.book = book
         self.window_rows = window_rows
@@ -187,6 +190,7 @@ class SyncServer:
             # Nothing logged before the attach can belong to the edge's subtree.
             self.book.set(edge, OUT, store.last_seq)
             logger.info("sync server: edge %s attached under %s", edge, parent)
+        self.downstream_roots.add(edge)
         status = self.peer(edge)
         parents = tree.live_parents(edge)
         status.state = LinkState.CONNECTED if parents else LinkState.DETACHED

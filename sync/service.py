@@ -148,7 +148,15 @@ async def apply_upstream_flag(ctx: AppContext) -> None:
 @contextlib.asynccontextmanager
 async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
     """Serve edges, run our own upstream links, and answer `siot.sync.status`."""
-    async with CursorBook(ctx.store) as book, SyncServer(ctx.nc, ctx.store, book) as server:
+    async with (
+        CursorBook(ctx.store) as book,
+        SyncServer(ctx.nc, ctx.store, book, downstream_roots=ctx.downstream_roots) as server,
+    ):
+        # Edges that attached before this start: the nodes of ours with a cursor (an upstream
+        # peer is never a node of our tree).
+        ctx.downstream_roots.update(
+            p for p in book.peers() if p != ctx.instance_id and ctx.store.tree.has_node(p)
+        )
         await apply_upstream_flag(ctx)
         runners: dict[str, SyncRunner] = {}
 

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,9 +99,16 @@ class RulesManager:
     waits (bounded) for running actions. The client's connection is borrowed, not closed."""
 
     def __init__(
-        self, client: Client, *, clock: Clock | None = None, notifier: Notifier | None = None
+        self,
+        client: Client,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        manages: Callable[[str], bool] | None = None,
     ) -> None:
         self.client = client
+        # Rules inside an edge's replicated subtree run on the edge, not here (AppContext.manages).
+        self.manages = manages or (lambda node: True)
         self.clock: Clock = clock or SystemClock()
         self.notifier = notifier or Notifier(client)
         self.rules: dict[str, RuleRuntime] = {}
@@ -403,7 +410,7 @@ class RulesManager:
         state, seed new conditions, index, evaluate. A rule without a live edge is unloaded."""
         old = self.rules.get(rule_id)
         parents = [n for n in await self.client.nodes(subjects.ALL, rule_id) if n.type == RULE]
-        if not parents:
+        if not parents or not self.manages(rule_id):
             self._unload(rule_id)
             return
         preferred = parent_hint or (old.parent if old else None)
@@ -523,5 +530,5 @@ async def rules_node_client(ctx: AppContext) -> AsyncIterator[RulesManager | Non
         logger.info("rules: disabled by %s", RULES_ENV)
         yield None
         return
-    async with RulesManager(ctx.client) as manager:
+    async with RulesManager(ctx.client, manages=ctx.manages) as manager:
         yield manager
