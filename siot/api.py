@@ -59,6 +59,9 @@ class Api:
         self.store = store
         self.max_batch_points = max_batch_points
         self.errors: Counter[str] = Counter()
+        # False until the app has started every node client; served on siot.stats so tools and
+        # tests can tell "answers requests" from "fully running".
+        self.ready = False
         self.accepted_points = 0
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
@@ -232,6 +235,7 @@ class Api:
         async def stats(_: dict[str, Any]) -> dict[str, Any]:
             return {
                 "instance": self.store.instance_id,
+                "ready": self.ready,
                 "lastSeq": self.store.last_seq,
                 "acceptedPoints": self.accepted_points,
                 "errors": dict(self.errors),

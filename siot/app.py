@@ -201,6 +201,7 @@ class App:
         load_node_clients()
         for factory in NODE_CLIENTS:
             await self._stack.enter_async_context(factory(self.context))
+        self.api.ready = True
         logger.info("siot: instance %s serving on %s, data in %s", self.store.instance_id, url, cfg.data_dir)
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from siot.broker import find_nats_server
 from siot.client import Client
+from siot.errors import SiotError
 
 SIOT_BIN = str(Path(sys.executable).parent / "siot")
 READY_TIMEOUT_S = 20.0
@@ -133,6 +134,7 @@ class SiotProcess:
         return self
 
     async def _wait_ready(self) -> None:
+        """Until `siot.stats` says ready: the API answers and every node client has started."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             assert self.proc is not None
@@ -140,17 +142,18 @@ class SiotProcess:
                 raise RuntimeError(f"siot serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 client = await Client.connect(
-                    self.url, reconnect_forever=False, timeout_s=1, allow_reconnect=False
+                    self.url, reconnect_forever=False, timeout_s=1, allow_reconnect=False, error_cb=_quiet
                 )
                 try:
-                    await client.load_root()
-                    return
+                    if (await client.stats())["ready"]:
+                        return
                 finally:
                     await client.close()
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+            except SiotError:
+                pass  # not listening or not answering yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"siot serve not ready after {READY_TIMEOUT_S} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
