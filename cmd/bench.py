@@ -94,27 +94,37 @@ class Instance:
 
 
 @contextlib.contextmanager
+def serve_process(
+    workdir: Path, port: int, extra_args: Sequence[str] = (), *, name: str = "siot"
+) -> Iterator[Instance]:
+    """Run `siot serve` with data in `workdir/name` and its log in `workdir/name.log`; SIGTERM it
+    (SIGKILL after 30 s) when the block ends. `extra_args` go to `siot serve`."""
+    log_path = workdir / f"{name}.log"
+    args = [sys.executable, "-P", "-m", "siot.cmd.main", "--log-level", "WARNING", "serve"]
+    args += ["--data", str(workdir / name), "--nats-port", str(port), "--monitor-port", "0", *extra_args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    try:
+        yield Instance(f"nats://127.0.0.1:{port}", proc.pid, proc, log_path)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextlib.contextmanager
 def own_instance(extra_args: Sequence[str] = ()) -> Iterator[Instance]:
-    """Run `siot serve` in a temp dir on a free port; SIGTERM it (and remove the dir) afterwards.
+    """Run `siot serve` in a temp dir on a free port; stop it and remove the dir afterwards.
     `extra_args` go to `siot serve` (e.g. `--mqtt-port N`)."""
-    with tempfile.TemporaryDirectory(prefix="siot-bench-") as tmp:
-        port = _free_port()
-        log_path = Path(tmp) / "siot.log"
-        args = [sys.executable, "-P", "-m", "siot.cmd.main", "--log-level", "WARNING", "serve"]
-        args += ["--data", str(Path(tmp) / "data"), "--nats-port", str(port), "--monitor-port", "0"]
-        args += extra_args
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-        try:
-            yield Instance(f"nats://127.0.0.1:{port}", proc.pid, proc, log_path)
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
+    with (
+        tempfile.TemporaryDirectory(prefix="siot-bench-") as tmp,
+        serve_process(Path(tmp), _free_port(), extra_args) as instance,
+    ):
+        yield instance
 
 
 async def _quiet(exc: Exception) -> None:

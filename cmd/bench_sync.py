@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +34,7 @@ from siot.cmd.bench import (
     connect_when_ready,
     raw_publish_msgs_s,
     raw_sqlite_rows_s,
+    serve_process,
 )
 from siot.cmd.common import dumps
 from siot.codec import encode
@@ -56,24 +54,14 @@ LATENCY_SAMPLES = 50
 
 @contextlib.contextmanager
 def instance(root: Path, name: str, port: int, *extra: str) -> Iterator[Instance]:
-    """`siot serve` with its own nats-server and data dir; SIGTERM it afterwards."""
-    args = [sys.executable, "-P", "-m", "siot.cmd.main", "--log-level", "WARNING", "serve", "--id", name]
-    args += ["--data", str(root / name), "--nats-port", str(port), "--monitor-port", "0", *extra]
-    log_path = root / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    try:
-        yield Instance(f"nats://127.0.0.1:{port}", proc.pid, proc, log_path)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc.returncode not in (0, -signal.SIGTERM):
-            click.echo(f"{name} exited with {proc.returncode}:\n{log_path.read_text()}", err=True)
+    """`siot serve --id name` with its own nats-server and data dir; its log is shown if it
+    did not stop cleanly."""
+    with serve_process(root, port, ["--id", name, *extra], name=name) as running:
+        yield running
+    proc = running.proc
+    assert proc is not None and running.log_path is not None
+    if proc.returncode not in (0, -signal.SIGTERM):
+        click.echo(f"{name} exited with {proc.returncode}:\n{running.log_path.read_text()}", err=True)
 
 
 async def upstream_peer(edge: Client) -> dict[str, Any] | None:
