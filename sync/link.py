@@ -37,6 +37,8 @@ from siot.sync.verify import verify
 
 logger = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 10.0
+
 DEFAULT_IN_FLIGHT = 4
 DEFAULT_POLL_S = 5.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
@@ -128,8 +130,11 @@ class UpstreamLink:
             self._remove_listener()
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a link stuck in a library call must not hold up the node manager (which
+            # serialises every sync-node change behind this stop).
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:
+                logger.error("sync: link to %s did not stop in %.0f s", self.config.uri, STOP_TIMEOUT_S)
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), timeout=5)
