@@ -192,3 +192,15 @@ class NodeManager(Generic[ConfigT]):
 
 def _short(exc: pydantic.ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def managed(
+    node_type: str, model: type[ConfigT], factory: RunnerFactory[ConfigT]
+) -> Callable[[AppContext], contextlib.AbstractAsyncContextManager[NodeManager[ConfigT]]]:
+    """The node-client factory for a type whose nodes each get one runner, for
+    `register_node_client(managed(TYPE, Config, Runner))`."""
+
+    def start(ctx: AppContext) -> NodeManager[ConfigT]:
+        return NodeManager(ctx, node_type, model, factory)
+
+    return start

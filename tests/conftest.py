@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import NatsServer, SiotProcess
+from support import NatsServer, SiotProcess, connected, running
 
 from siot.client import Client
 from siot.store import Store, StoreConfig
@@ -45,19 +45,12 @@ def nats_server() -> Iterator[NatsServer]:
 @pytest.fixture
 def siot_process(tmp_path: Path) -> Iterator[SiotProcess]:
     """A running `siot serve` with its own nats-server, stopped (SIGTERM) after the test."""
-    proc = SiotProcess(data_dir=tmp_path / "siot-data").start()
-    try:
+    with running(tmp_path / "siot-data") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
 async def siot(siot_process: SiotProcess) -> AsyncIterator[Client]:
     """A client connected to `siot_process`, with its root loaded."""
-    client = await Client.connect(siot_process.url, reconnect_forever=False)
-    await client.load_root()
-    try:
+    async with connected(siot_process) as client:
         yield client
-    finally:
-        await client.close()

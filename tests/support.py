@@ -6,14 +6,17 @@ Each process is stopped by its own pid: SIGTERM, then SIGKILL if it lingers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from siot.broker import find_nats_server
 from siot.client import Client
@@ -168,3 +171,24 @@ class SiotProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         wait_port_free(self.port)
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, **options: Any) -> Iterator[SiotProcess]:
+    """A started `SiotProcess` (options as its fields), stopped when the block ends."""
+    proc = SiotProcess(data_dir=data_dir, **options).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def connected(proc: SiotProcess) -> AsyncIterator[Client]:
+    """A client of `proc` with its root loaded, closed when the block ends."""
+    client = await Client.connect(proc.url, reconnect_forever=False)
+    await client.load_root()
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from rules_support import make_rule, wait_point
-from support import SiotProcess
+from support import SiotProcess, connected, running
 
 from siot.client import Client
 from siot.nodes.rules import ManualClock
@@ -30,21 +30,14 @@ def berlin_ns(text: str) -> int:
 
 @pytest.fixture
 def bare_process(tmp_path: Path) -> Iterator[SiotProcess]:
-    proc = SiotProcess(data_dir=tmp_path / "siot-data", env={"SIOT_RULES": "off"}).start()
-    try:
+    with running(tmp_path / "siot-data", env={"SIOT_RULES": "off"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
 async def bare(bare_process: SiotProcess) -> AsyncIterator[Client]:
-    client = await Client.connect(bare_process.url, reconnect_forever=False)
-    await client.load_root()
-    try:
+    async with connected(bare_process) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def test_schedule_across_spring_forward(bare: Client) -> None:

@@ -3,23 +3,15 @@ on device nodes created automatically under the `ingest` node."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
-from siot.app import AppContext, register_node_client
+from siot.app import register_node_client
 from siot.nodes.ingest.config import INGEST_NODE_TYPE, IngestConfig, TimeUnit
 from siot.nodes.ingest.mapping import Mapped, map_message, parse_time_ns
 from siot.nodes.ingest.runner import IngestRunner
 from siot.nodes.ingest.topics import subject_to_levels, topic_filter_to_subjects
-from siot.nodes.manager import NodeManager
+from siot.nodes.manager import managed
 
-
-@register_node_client
-@contextlib.asynccontextmanager
-async def ingest_client(ctx: AppContext) -> AsyncIterator[NodeManager[IngestConfig]]:
-    """Run an `IngestRunner` for every live `ingest` node."""
-    async with NodeManager(ctx, INGEST_NODE_TYPE, IngestConfig, IngestRunner) as manager:
-        yield manager
+# Runs an `IngestRunner` for every live `ingest` node.
+ingest_client = register_node_client(managed(INGEST_NODE_TYPE, IngestConfig, IngestRunner))
 
 
 __all__ = [
