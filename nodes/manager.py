@@ -33,6 +33,19 @@ logger = logging.getLogger(__name__)
 ConfigT = TypeVar("ConfigT", bound=pydantic.BaseModel)
 
 
+class ManagedConfig(pydantic.BaseModel):
+    """Base of a managed node's config: the fields every node of a NodeManager has. `id` and
+    `parent` come from the tree (`decode_config` sets them); the others are points. Point names
+    may be used as aliases (camelCase) and unknown points are ignored."""
+
+    model_config = pydantic.ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    id: str
+    parent: str
+    description: str = ""
+    disabled: bool = False
+
+
 def points_to_fields(points: list[Point]) -> dict[str, Any]:
     """Map node points to model fields: key "0" gives `type: value`; other keys give
     `type: {key: value}` (Simple IoT's arrays/maps). Deleted points are left out."""

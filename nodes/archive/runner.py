@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from siot.app import AppContext
 from siot.client import Change
@@ -16,6 +16,7 @@ from siot.errors import InvalidInput
 from siot.nodes.archive.writer import ArchiveWriter
 from siot.nodes.ingest.topics import topic_filter_to_subjects
 from siot.nodes.listener import Listener, ListenerState
+from siot.nodes.manager import ManagedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,9 @@ FLUSH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 
 
-class ArchiveConfig(BaseModel):
+class ArchiveConfig(ManagedConfig):
     """`subject` (NATS filter) or `topic` (MQTT filter), and how many days of files to keep."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-    id: str
-    parent: str
-    description: str = ""
-    disabled: bool = False
     subject: str = ""
     topic: str = ""
     retention_days: float = Field(DEFAULT_RETENTION_DAYS, alias="retentionDays", gt=0)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from siot.errors import InvalidInput
 from siot.nodes.ingest.topics import check_not_reserved, topic_filter_to_subjects
+from siot.nodes.manager import ManagedConfig
 
 INGEST_NODE_TYPE = "ingest"
 DEFAULT_DEVICE_TYPE = "device"
@@ -23,7 +24,7 @@ class TimeUnit(StrEnum):
     RFC3339 = "rfc3339"
 
 
-class IngestConfig(BaseModel):
+class IngestConfig(ManagedConfig):
     """How to turn JSON messages on `topic` (MQTT filter) or `subject` (NATS filter) into points.
 
     Keyed points: `field` key=<JSON field> value=<point type> (when any is set, only those fields
@@ -31,12 +32,6 @@ class IngestConfig(BaseModel):
     key=<name> value=<anything> (static metadata copied onto every device as `tag` points).
     """
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-    id: str
-    parent: str
-    description: str = ""
-    disabled: bool = False
     topic: str = ""
     subject: str = ""
     device_field: str = Field("", alias="deviceField")
