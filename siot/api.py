@@ -22,6 +22,7 @@ from nats.aio.subscription import Subscription
 from siot import subjects
 from siot.codec import DEFAULT_MAX_BATCH_POINTS, decode_points, decode_request, encode
 from siot.errors import InvalidInput, SiotError, UnknownNode
+from siot.outbox import Outbox
 from siot.points import Point
 from siot.store import ROOT_PARENT, Store, Write
 
@@ -123,17 +124,18 @@ class Api:
             await self._reply_error(msg, node, exc)
 
     async def _on_commit(self, writes: list[Write]) -> None:
-        """Ack every write of a committed group, then fan out what changed."""
-        publish = self.nc.publish
+        """Ack every write of a committed group, then fan out what changed: the whole group's
+        messages go to the connection in one call (`Outbox`), acks first."""
+        outbox = Outbox(self.nc)
         fanout: dict[tuple[str, str], list[Point]] = {}
         for write in writes:
             if write.error is not None:
                 self._count_error(write.node, write.error)
                 if write.reply:
-                    await publish(write.reply, encode({"error": str(write.error)}))
+                    outbox.add(write.reply, encode({"error": str(write.error)}))
                 continue
             if write.reply:
-                await publish(write.reply, OK_REPLY)
+                outbox.add(write.reply, OK_REPLY)
             if write.changed:
                 self.accepted_points += len(write.changed)
                 fanout.setdefault((write.node, write.parent), []).extend(write.changed)
@@ -144,8 +146,8 @@ class Api:
                 targets.add(parent)
                 targets |= tree.ancestors(parent)
             payload = encode([p.to_wire() for p in points])
-            for ancestor in targets:
-                await publish(subjects.up(ancestor, node, parent or None), payload)
+            outbox.fan_out([subjects.up(ancestor, node, parent or None) for ancestor in targets], payload)
+        await outbox.send()
 
     async def _respond(self, msg: Msg, node: str, handler: Any) -> None:
         """Run a request handler and reply with its map, or with {"error"} on bad input."""
