@@ -49,6 +49,7 @@ from siot.nodes.rules.conditions import Anomaly, Offline, Watch
 from siot.nodes.rules.config import ActionType
 from siot.nodes.rules.rule import ERROR, ActionRun, ConditionRuntime, Outcome, RuleRuntime
 from siot.nodes.rules.schedule import NS_PER_S
+from siot.outbox import Outbox
 from siot.points import Point
 from siot.store.tree import NODE_TYPE
 
@@ -60,6 +61,7 @@ DEFAULT_QUEUE_SIZE = 100_000
 # A config change is applied once the queue is drained, or after this long under steady load.
 RELOAD_DELAY_NS = 200_000_000
 STOP_TIMEOUT_S = 10.0
+MAX_EVENTS_PER_SEND = 256
 RULES_ENV = "SIOT_RULES"
 
 
@@ -124,6 +126,7 @@ class RulesManager:
         self._inbox = ""
         self._reply_sub: Subscription | None = None
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=DEFAULT_QUEUE_SIZE)
+        self._outbox = Outbox(client.nc)
         self._deadlines: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._tick_queued = False
@@ -148,6 +151,7 @@ class RulesManager:
         for node in _walk(tree):
             if node.type == RULE:
                 await self._load(node.id, node.parent)
+        await self._outbox.send()
         self._spawn(self._consume(), "consume")
         self._spawn(self._timers(), "timers")
         self.ready.set()
@@ -167,6 +171,7 @@ class RulesManager:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._actions, return_exceptions=True)
         with contextlib.suppress(Exception):
+            await self._outbox.send()  # what the cancelled consumer had not sent yet
             await self.client.nc.flush()
         if self._reply_sub is not None:
             with contextlib.suppress(Exception):
@@ -213,25 +218,37 @@ class RulesManager:
     # ---- the consumer: the only code that touches rule state after start ----
 
     async def _consume(self) -> None:
+        """Handle every event queued so far, then send what they wrote in one go: under load one
+        socket write carries the setValues and state points of many evaluations."""
+        queue = self._queue
         while True:
-            event = await self._queue.get()
+            await self._handle(await queue.get())
+            for _ in range(min(queue.qsize(), MAX_EVENTS_PER_SEND)):
+                await self._handle(queue.get_nowait())
+            count = len(self._outbox)
             try:
-                match event:
-                    case _Changed():
-                        await self._on_changed(event)
-                    case _Tick():
-                        self._tick_queued = False
-                        await self._on_tick()
-                    case _ActionDone():
-                        await self._on_action_done(event)
-                    case _ActionError():
-                        await self._set_error(event.action, event.error)
-                if self._dirty and (
-                    self._queue.empty() or time.monotonic_ns() - self._dirty_since_ns > RELOAD_DELAY_NS
-                ):
-                    await self._reload_dirty()
+                await self._outbox.send()
             except Exception:
-                logger.exception("rules: failed to handle %s", type(event).__name__)
+                logger.exception("rules: could not send %d write(s)", count)
+
+    async def _handle(self, event: _Event) -> None:
+        try:
+            match event:
+                case _Changed():
+                    await self._on_changed(event)
+                case _Tick():
+                    self._tick_queued = False
+                    await self._on_tick()
+                case _ActionDone():
+                    await self._on_action_done(event)
+                case _ActionError():
+                    self._set_error(event.action, event.error)
+            if self._dirty and (
+                self._queue.empty() or time.monotonic_ns() - self._dirty_since_ns > RELOAD_DELAY_NS
+            ):
+                await self._reload_dirty()
+        except Exception:
+            logger.exception("rules: failed to handle %s", type(event).__name__)
 
     async def _on_changed(self, event: _Changed) -> None:
         now = self.clock.now_ns()
@@ -299,8 +316,8 @@ class RulesManager:
         rule = self.rules.get(run.rule.id, run.rule)
         last_run = rule.action_done(run.action.id, run.run_ns)
         if last_run is not None:
-            await self._publish(rule.id, [last_run])
-        await self._set_error(run.action.id, event.error)
+            self._publish(rule.id, [last_run])
+        self._set_error(run.action.id, event.error)
         await self._apply(rule, rule.evaluate(self.clock.now_ns()))
 
     # ---- outcomes, timers, actions ----
@@ -311,16 +328,16 @@ class RulesManager:
         last_runs: list[Point] = []
         for run in outcome.runs:
             if run.action.config.action is ActionType.SET_VALUE:
-                await self._set_value(run)
+                self._set_value(run)
                 done = rule.action_done(run.action.id, run.run_ns)
                 if done is not None:
                     last_runs.append(done)
         for node, points in outcome.writes:
             if node == rule.id:
                 points, last_runs = points + last_runs, []
-            await self._publish(node, points)
+            self._publish(node, points)
         if last_runs:
-            await self._publish(rule.id, last_runs)
+            self._publish(rule.id, last_runs)
         for run in outcome.runs:
             if run.action.config.action is not ActionType.SET_VALUE:
                 self._spawn(self._run_action(run), f"action {run.action.id}", self._actions)
@@ -333,10 +350,11 @@ class RulesManager:
             self._deadlines[rule.id] = deadline
             self._wake.set()
 
-    async def _publish(self, node: str, points: list[Point]) -> None:
-        """Fire-and-forget write: NATS keeps the order per connection and the store commits in
-        arrival order, so state points land in the order they were computed."""
-        await self.client.nc.publish(subjects.points(node), encode_points(points))
+    def _publish(self, node: str, points: list[Point]) -> None:
+        """Fire-and-forget write, queued in the outbox that the consumer sends after each batch of
+        events: NATS keeps the order per connection and the store commits in arrival order, so
+        state points land in the order they were computed."""
+        self._outbox.add(subjects.points(node), encode_points(points))
 
     async def _timers(self) -> None:
         """Sleep until the earliest rule deadline (schedule edge, hold expiry, reminder), then queue
@@ -351,12 +369,12 @@ class RulesManager:
                 deadline = None  # the consumer will set new deadlines and wake us
             await self.clock.wait_until(deadline, self._wake)
 
-    async def _set_value(self, run: ActionRun) -> None:
+    def _set_value(self, run: ActionRun) -> None:
         """Publish the action's point; the reply goes to `_on_reply`, nobody waits for it."""
         config = run.action.config
         target = config.node_id or run.rule.parent
         point = Point(config.point_type, config.value, key=config.point_key, origin=run.action.id)
-        await self.client.nc.publish(
+        self._outbox.add(
             subjects.points(target), encode_points([point]), reply=f"{self._inbox}.{run.action.id}"
         )
 
@@ -396,12 +414,12 @@ class RulesManager:
             rule=run.rule.id, origin=run.action.id, service_id=run.action.config.node_id, note=note
         )
 
-    async def _set_error(self, node: str, message: str) -> None:
+    def _set_error(self, node: str, message: str) -> None:
         """Write (or clear, with a tombstone) a node's `error` point, only when it changes."""
         if self._errors.get(node, "") == message:
             return
         self._errors[node] = message
-        await self._publish(node, [Point(ERROR, message, origin=node, tombstone=0 if message else 1)])
+        self._publish(node, [Point(ERROR, message, origin=node, tombstone=0 if message else 1)])
 
     # ---- loading ----
 
@@ -450,7 +468,7 @@ class RulesManager:
             # A node whose points have not arrived yet (create_node sends the edge first) is not
             # misconfigured, only young: its points will trigger another reload.
             if node not in fresh_nodes:
-                await self._set_error(node, message)
+                self._set_error(node, message)
         logger.info(
             "rules: loaded rule %s (%s): %d condition(s), %d action(s)",
             rule_id,

@@ -156,7 +156,9 @@ class RuleRuntime:
         enabled = [c for c in self.conditions if not c.config.disabled]
         active = bool(enabled) and all(c.active for c in enabled)
         if active != self.active:
-            logger.info(
+            # DEBUG, not INFO: a busy rule flips many times a second, and each transition is
+            # already recorded as an `active` point (`siot history <rule> --type active`).
+            logger.debug(
                 "rule %s (%s): %s", self.id, self.config.description, "active" if active else "inactive"
             )
             self.active = active
