@@ -176,9 +176,13 @@ async def rules_main(
         rules = await make_rules(client, rule_count)
         setup_s = time.perf_counter() - setup_start
         pairing = Pairing(rules)
-        sub = await nc.subscribe(
-            subjects.up_all(rules.group), cb=pairing.on_msg, pending_msgs_limit=1_000_000
-        )
+        # Only the targets' own fan-out (`up.<target>.<target>`): a subscription to the whole
+        # group would also bring every sensor, condition and rule write into this process, whose
+        # own load then shows up as latency.
+        subs = [
+            await nc.subscribe(subjects.up(target, target), cb=pairing.on_msg, pending_msgs_limit=1_000_000)
+            for target in rules.targets
+        ]
         await nc.flush()
         high = [True] * rule_count
         # Warm-up: every rule must answer once (it may still be loading when its first point lands).
@@ -214,7 +218,8 @@ async def rules_main(
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await pairing.all_answered.wait()
         cpu_end = cpu_s(instance.pid)
-        await sub.unsubscribe()
+        for sub in subs:
+            await sub.unsubscribe()
         raw_rps, raw_p50_ms = await raw_request_rate(nc, RAW_SECONDS)
         await client.delete_node(rules.group, client.root_id)
     finally:
