@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import signal
@@ -202,6 +203,11 @@ class App:
         for factory in NODE_CLIENTS:
             await self._stack.enter_async_context(factory(self.context))
         self.api.ready = True
+        # Everything built during start-up (modules, the tree, node configs) lives as long as the
+        # process: moved out of the collector's reach, a full collection scans only what came
+        # after, instead of pausing the loop for ~20 ms (seen as the rules benchmark's max).
+        gc.collect()
+        gc.freeze()
         logger.info("siot: instance %s serving on %s, data in %s", self.store.instance_id, url, cfg.data_dir)
 
     def stop(self) -> None:
