@@ -69,8 +69,10 @@ def decode_config(model: type[ConfigT], node: NodeInfo) -> ConfigT:
 
 
 class NodeRunner(Protocol[ConfigT]):
-    """One running node. `start` returns once it is working; `update` gets every new config;
-    `stop` must release everything (tasks, sockets) before it returns."""
+    """One running node. `start` returns once it is working; `update` gets every config that
+    differs from the last one it was given (a change that leaves the decoded config as it was,
+    such as the fan-out of the very points `start` was read from, is not passed on); `stop` must
+    release everything (tasks, sockets) before it returns."""
 
     async def start(self) -> None: ...
 
@@ -99,6 +101,7 @@ class NodeManager(Generic[ConfigT]):
         self.model = model
         self.factory = factory
         self.runners: dict[str, NodeRunner[ConfigT]] = {}
+        self._configs: dict[str, ConfigT] = {}  # what each runner was last started or updated with
         self._watched: dict[str, Subscription] = {}
         self._edge_sub: Subscription | None = None
         self._lock = asyncio.Lock()  # one change at a time, whichever subscription it came on
@@ -185,13 +188,16 @@ class NodeManager(Generic[ConfigT]):
         if runner is None:
             runner = self.factory(self.ctx, config)
             self.runners[node] = runner
+            self._configs[node] = config
             await runner.start()
             logger.info("%s manager: started %s", self.node_type, node)
-        else:
+        elif config != self._configs.get(node):
+            self._configs[node] = config
             await runner.update(config, change)
 
     async def _stop(self, node: str) -> None:
         runner = self.runners.pop(node, None)
+        self._configs.pop(node, None)
         if runner is not None:
             await runner.stop()
             logger.info("%s manager: stopped %s", self.node_type, node)
