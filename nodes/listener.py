@@ -1,5 +1,5 @@
-"""What the node types that take raw messages (ingest, archive) share: subscribing a node's
-subject filters, and saying on the node whether it is taking messages.
+"""What the node types that take raw messages (ingest, archive) share: the `subject`/`topic`
+filter in their config, subscribing it, and saying on the node whether it is taking messages.
 
 The `state` point (`listening`, `disabled`, `stopped`) is written only once it is true: after
 the subscriptions are live on the server, and after a stop has processed every message already
@@ -18,17 +18,42 @@ from enum import StrEnum
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from pydantic import model_validator
 
 from siot.api import SUBSCRIPTION_PENDING_BYTES, SUBSCRIPTION_PENDING_MSGS
 from siot.app import AppContext
 from siot.client import Client
-from siot.errors import SiotError
+from siot.errors import InvalidInput, SiotError
+from siot.nodes.manager import ManagedConfig
+from siot.nodes.topics import topic_filter_to_subjects
 from siot.points import Point
 
 logger = logging.getLogger(__name__)
 
 STATE_POINT = "state"
 MessageHandler = Callable[[Msg], Awaitable[None]]
+
+
+class ListenerConfig(ManagedConfig):
+    """Where a node takes messages from: `subject` (NATS filter) or `topic` (MQTT filter)."""
+
+    subject: str = ""
+    topic: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ListenerConfig:
+        if bool(self.topic) == bool(self.subject):
+            raise ValueError("set exactly one of 'subject' (NATS filter) or 'topic' (MQTT filter)")
+        try:
+            self.subjects  # noqa: B018 (validates the topic filter)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def subjects(self) -> list[str]:
+        """The NATS subjects to subscribe to."""
+        return topic_filter_to_subjects(self.topic) if self.topic else [self.subject]
 
 
 class ListenerState(StrEnum):

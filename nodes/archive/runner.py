@@ -8,15 +8,12 @@ import logging
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from siot.app import AppContext
 from siot.client import Change
-from siot.errors import InvalidInput
 from siot.nodes.archive.writer import ArchiveWriter
-from siot.nodes.ingest.topics import topic_filter_to_subjects
-from siot.nodes.listener import Listener, ListenerState
-from siot.nodes.manager import ManagedConfig
+from siot.nodes.listener import Listener, ListenerConfig, ListenerState
 
 logger = logging.getLogger(__name__)
 
@@ -27,26 +24,10 @@ FLUSH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 
 
-class ArchiveConfig(ManagedConfig):
-    """`subject` (NATS filter) or `topic` (MQTT filter), and how many days of files to keep."""
+class ArchiveConfig(ListenerConfig):
+    """The message filter, and how many days of files to keep."""
 
-    subject: str = ""
-    topic: str = ""
     retention_days: float = Field(DEFAULT_RETENTION_DAYS, alias="retentionDays", gt=0)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ArchiveConfig:
-        if bool(self.topic) == bool(self.subject):
-            raise ValueError("set exactly one of 'subject' (NATS filter) or 'topic' (MQTT filter)")
-        try:
-            self.subjects  # noqa: B018 (validates the topic filter)
-        except InvalidInput as exc:
-            raise ValueError(str(exc)) from exc
-        return self
-
-    @property
-    def subjects(self) -> list[str]:
-        return topic_filter_to_subjects(self.topic) if self.topic else [self.subject]
 
 
 class ArchiveRunner:

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from siot.errors import InvalidInput
-from siot.nodes.ingest.topics import check_not_reserved, topic_filter_to_subjects
-from siot.nodes.manager import ManagedConfig
+from siot.nodes.listener import ListenerConfig
+from siot.nodes.topics import check_not_reserved
 
 INGEST_NODE_TYPE = "ingest"
 DEFAULT_DEVICE_TYPE = "device"
@@ -24,7 +24,7 @@ class TimeUnit(StrEnum):
     RFC3339 = "rfc3339"
 
 
-class IngestConfig(ManagedConfig):
+class IngestConfig(ListenerConfig):
     """How to turn JSON messages on `topic` (MQTT filter) or `subject` (NATS filter) into points.
 
     Keyed points: `field` key=<JSON field> value=<point type> (when any is set, only those fields
@@ -32,8 +32,6 @@ class IngestConfig(ManagedConfig):
     key=<name> value=<anything> (static metadata copied onto every device as `tag` points).
     """
 
-    topic: str = ""
-    subject: str = ""
     device_field: str = Field("", alias="deviceField")
     device_topic_level: int | None = Field(None, alias="deviceTopicLevel")
     field_map: dict[str, str] = Field(default_factory=dict, alias="field")
@@ -44,17 +42,10 @@ class IngestConfig(ManagedConfig):
     device_type: str = Field(DEFAULT_DEVICE_TYPE, alias="deviceType")
 
     @model_validator(mode="after")
-    def _one_source(self) -> IngestConfig:
-        if bool(self.topic) == bool(self.subject):
-            raise ValueError("set exactly one of 'topic' (MQTT filter) or 'subject' (NATS filter)")
+    def _not_reserved(self) -> IngestConfig:
         try:
             for subject in self.subjects:
                 check_not_reserved(subject)
         except InvalidInput as exc:
             raise ValueError(str(exc)) from exc
         return self
-
-    @property
-    def subjects(self) -> list[str]:
-        """The NATS subjects to subscribe to."""
-        return topic_filter_to_subjects(self.topic) if self.topic else [self.subject]

@@ -14,7 +14,7 @@ from typing import Any
 from siot.codec import decode_any, parse_rfc3339_ns
 from siot.errors import InvalidInput, InvalidPoint
 from siot.nodes.ingest.config import IngestConfig, TimeUnit
-from siot.nodes.ingest.topics import subject_to_levels
+from siot.nodes.topics import subject_to_levels
 from siot.points import MAX_TOKEN_BYTES, Point
 
 _ILLEGAL_TYPE_CHARS = re.compile(r"[.*>\s]")
