@@ -157,7 +157,7 @@ class RuleRuntime:
         active = bool(enabled) and all(c.active for c in enabled)
         if active != self.active:
             # DEBUG, not INFO: a busy rule flips many times a second, and each transition is
-            # already recorded as an `active` point (`siot history <rule> --type active`).
+            # already recorded as an `active` point (`siot history <rule> active`).
             logger.debug(
                 "rule %s (%s): %s", self.id, self.config.description, "active" if active else "inactive"
             )
