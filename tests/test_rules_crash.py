@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from rules_support import make_rule, wait_point
-from support import SiotProcess
+from support import SiotProcess, connected
 
 from siot.client import Client
 from siot.points import Point
@@ -25,12 +25,8 @@ REPEAT_S = 3
 async def running(proc: SiotProcess) -> AsyncIterator[Client]:
     """Start the daemon (in a thread: `start()` runs its own event loop) and connect to it."""
     await asyncio.to_thread(proc.start)
-    client = await Client.connect(proc.url, reconnect_forever=False)
-    await client.load_root()
-    try:
+    async with connected(proc) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def test_sigkill_mid_hold_and_while_active_neither_refires_nor_loses_a_reminder(
