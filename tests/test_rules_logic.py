@@ -305,38 +305,33 @@ def test_blank_node_id_means_any_node_under_parent() -> None:
     assert not rule.active
 
 
-def test_restart_while_active_neither_refires_nor_forgets() -> None:
-    state = (Point("active", True), Point("activeChanged", 100 * S))
-    cond_state = [Point("active", True)]
-    # The action ran for this transition: a restart does nothing...
-    done = (Point("action", "notify"), Point("repeatInterval", 600))
+def _restarted_active(last_run_ns: int, action_points: list[Point]) -> RuleRuntime:
+    """A rule rebuilt at 200 s from the points of one that went active at 100 s, its condition
+    seeing the still-dry sensor again."""
+    last_run = Point("lastRun", last_run_ns, key="act-1")
+    state = [Point("active", True), Point("activeChanged", 100 * S), last_run]
     rule, _ = build_rule(
-        NodePoints("rule-1", "rule", [*state, Point("lastRun", 100 * S, key="act-1")]),
+        NodePoints("rule-1", "rule", state),
         PARENT,
         [
-            NodePoints("cond-1", "condition", [*HUMIDITY_BELOW_35, *cond_state]),
-            NodePoints("act-1", "action", list(done)),
+            NodePoints("cond-1", "condition", [*HUMIDITY_BELOW_35, Point("active", True)]),
+            NodePoints("act-1", "action", action_points),
         ],
         200 * S,
     )
     rule.conditions[0].evaluator.on_point(SENSOR, humidity(30, 0), 200 * S)  # type: ignore[union-attr]
+    return rule
+
+
+def test_restart_while_active_neither_refires_nor_forgets() -> None:
+    # The action ran for this transition: a restart does nothing...
+    rule = _restarted_active(100 * S, [Point("action", "notify"), Point("repeatInterval", 600)])
     assert rule.evaluate(200 * S).runs == []
     # ...but the reminder that was pending still comes, at its original time.
     assert rule.next_deadline_ns(200 * S) == 700 * S
     assert len(rule.evaluate(700 * S).runs) == 1
     # An action that had not run yet when the daemon died runs on restart.
-    pending = (Point("action", "notify"),)
-    rule2, _ = build_rule(
-        NodePoints("rule-1", "rule", [*state, Point("lastRun", 50 * S, key="act-1")]),
-        PARENT,
-        [
-            NodePoints("cond-1", "condition", [*HUMIDITY_BELOW_35, *cond_state]),
-            NodePoints("act-1", "action", list(pending)),
-        ],
-        200 * S,
-    )
-    rule2.conditions[0].evaluator.on_point(SENSOR, humidity(30, 0), 200 * S)  # type: ignore[union-attr]
-    runs = rule2.evaluate(200 * S).runs
+    runs = _restarted_active(50 * S, [Point("action", "notify")]).evaluate(200 * S).runs
     assert len(runs) == 1 and not runs[0].reminder
 
 
