@@ -120,3 +120,19 @@ async def test_a_node_being_created_gets_no_spurious_error(app: App) -> None:
                 if change.node == node and change.parent is None:
                     seen.extend(change.points)
         assert [p.type for p in seen if p.type == "error"] == []
+
+
+async def test_a_change_that_leaves_the_config_as_it_was_is_not_an_update(app: App) -> None:
+    Greeter.events = asyncio.Queue()
+    ctx = app.context
+    assert ctx is not None
+    client = ctx.client
+    node = await client.create_node(client.root_id, "greeter", [Point("greeting", "hi")])
+    async with greeter_manager(ctx):
+        assert await next_event() == ("said", "hi")
+        # A point the config does not have, and a rewrite of the same greeting: no new config.
+        await client.send_points(node, [Point("note", "ignored by the model")])
+        await client.send_points(node, [Point("greeting", "hi")])
+        await client.send_points(node, [Point("repeat", 2)])
+        # Events come in order: a spurious update would have said "hi" again before this.
+        assert await next_event() == ("said", "hihi")
