@@ -5,8 +5,9 @@ comes back from the daemon's store."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -129,3 +130,36 @@ async def test_restart_while_active_no_refire_no_lost_reminder(bare: Client) -> 
         await wait_point(bare, rule, "lastRun", lambda v: v == first_run + 600 * S, key=action)
     beeps = await bare.history(siren, "beep")
     assert len(beeps) == 2  # the first run and the reminder; the restart fired nothing
+
+
+async def test_reload_keeps_the_subtree_subscription_and_delete_releases_it(bare: Client) -> None:
+    """nats-py discards the messages still pending on a subscription that is unsubscribed, so a
+    reload that dropped and re-made its subtree subscription could lose a point in flight (this
+    made the blank-nodeID test flaky once commits got faster). A reload keeps the subscription;
+    deleting the rule releases it."""
+    farm = await bare.create_node(bare.root_id, "group")
+    sensor = await bare.create_node(farm, "device")
+    alarms = await bare.create_node(bare.root_id, "device")
+    rule, _, _ = await make_rule(
+        bare,
+        farm,
+        "any dry probe",
+        [{"pointType": "humidity", "operator": "<", "value": 35}],
+        [{"action": "setValue", "nodeID": alarms, "pointType": "dry", "value": True}],
+    )
+    async with RulesManager(bare, clock=ManualClock(time.time_ns())) as manager:
+        subscription = manager._subs[farm]
+        await bare.send_points(rule, [Point("description", "any probe below 35")])
+        await until(lambda: manager.rules[rule].config.description == "any probe below 35")
+        assert manager._subs[farm] is subscription
+        await bare.send_points(sensor, [Point("humidity", 20)])
+        await wait_point(bare, alarms, "dry", lambda v: v is True)
+        await bare.delete_node(rule, farm)
+        await until(lambda: rule not in manager.rules)
+        assert farm not in manager._subs
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)

@@ -430,6 +430,7 @@ class RulesManager:
         parents = [n for n in await self.client.nodes(subjects.ALL, rule_id) if n.type == RULE]
         if not parents or not self.manages(rule_id):
             self._unload(rule_id)
+            self._release_unwatched()
             return
         preferred = parent_hint or (old.parent if old else None)
         info = next((n for n in parents if n.parent == preferred), parents[0])
@@ -457,6 +458,7 @@ class RulesManager:
             if cond.watch.node:
                 index = self._subtree if cond.watch.subtree else self._exact
                 index.setdefault(cond.watch.node, []).append((runtime, cond))
+        self._release_unwatched()
         for cond in runtime.conditions:
             if cond.watch.subtree:
                 await self._subscribe(cond.watch.node)
@@ -490,6 +492,12 @@ class RulesManager:
                 index[key] = [(r, c) for r, c in index[key] if r is not old]
                 if not index[key]:
                     del index[key]
+
+    def _release_unwatched(self) -> None:
+        """Unsubscribe from subtrees no condition watches any more. Called only after a reload has
+        indexed its new conditions: nats-py discards the messages still pending on a subscription
+        it unsubscribes, so dropping and re-making a subscription the new runtime also needs would
+        lose the points in flight (an adopted condition is not re-seeded to make up for them)."""
         for node in [n for n in self._subs if n != self._root and n not in self._subtree]:
             self._spawn(self._subs.pop(node).unsubscribe(), f"unsubscribe {node}")
 
