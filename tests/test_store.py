@@ -12,6 +12,7 @@ from siot.errors import SiotError, UnknownNode
 from siot.points import Point
 from siot.store import Store, StoreConfig
 from siot.store.schema import MIGRATIONS
+from siot.store.store import INLINE_COMMIT_MAX_POINTS
 
 
 async def make_node(store: Store, node: str = "n1", parent: str | None = None) -> str:
@@ -97,6 +98,24 @@ async def test_retention_by_age_and_rows(db_path: str) -> None:
         assert [p.value for p in left] == [6, 7, 8, 9]
         # current values are not touched by retention
         assert {p.type for p in await store.node_points("n1")} == {"v", "w"}
+
+
+async def test_small_and_large_groups_commit_beside_retention(db_path: str) -> None:
+    """Small groups commit on the loop thread, large ones on the writer thread; retention runs on
+    the same connection meanwhile and must never interleave with either transaction."""
+    config = StoreConfig(path=db_path, retention_max_rows=50)
+    async with Store(config) as store:
+        await make_node(store)
+        small = [store.submit("n1", [Point("s", i, key=str(i % 7))]) for i in range(300)]
+        large = store.submit("n1", [Point("l", i, key=str(i)) for i in range(INLINE_COMMIT_MAX_POINTS * 3)])
+        prunes = [asyncio.ensure_future(store.prune_log()) for _ in range(5)]
+        await asyncio.gather(*small, large, *prunes)
+        values = {(p.type, p.key): p.value for p in await store.node_points("n1")}
+        assert all(values[("s", str(k))] == max(i for i in range(300) if i % 7 == k) for k in range(7))
+        assert values[("l", str(INLINE_COMMIT_MAX_POINTS * 3 - 1))] == INLINE_COMMIT_MAX_POINTS * 3 - 1
+        await store.prune_log()
+        (rows,) = (await store.fetch("SELECT COUNT(*) FROM point_log"))[0]
+        assert rows == 50
 
 
 async def test_full_sync_mode_is_selectable(tmp_path) -> None:
