@@ -160,6 +160,7 @@ async def test_reload_keeps_the_subtree_subscription_and_delete_releases_it(bare
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll the manager's in-memory state, which has no event to wait on."""
     async with asyncio.timeout(timeout_s):
-        while not condition():
+        while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)

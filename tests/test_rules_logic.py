@@ -352,6 +352,15 @@ def test_invalid_condition_is_reported_and_never_active() -> None:
     assert rule.evaluate(0).runs == [] and not rule.active
 
 
+def test_an_action_read_before_its_points_never_runs() -> None:
+    """A node is created edge first, points after: an action read in between has no points. It
+    must not run as some default (a notify) when its rule fires; its points will reload the rule."""
+    rule, errors = make_rule(HUMIDITY_BELOW_35, action_points=())
+    assert errors["act-1"] == "action: Field required" and rule.actions == []
+    out = rule.on_point(rule.conditions[0], SENSOR, humidity(20, S), S)
+    assert rule.active and out.runs == []
+
+
 def test_disabled_rule_does_nothing() -> None:
     rule, _ = make_rule(HUMIDITY_BELOW_35, rule_points=(Point("disabled", True),))
     out = rule.on_point(rule.conditions[0], SENSOR, humidity(1, 0), 0)

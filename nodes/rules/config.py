@@ -154,9 +154,13 @@ class ConditionConfig(_NodeConfig):
 
 class ActionConfig(_NodeConfig):
     """An `action` or `actionInactive` node. `repeatInterval` (s) re-runs it while the rule stays
-    in the state that ran it; 0 = once per transition."""
+    in the state that ran it; 0 = once per transition.
 
-    action: ActionType = ActionType.NOTIFY
+    `action` has no default: a node is created as its edge first and its points after, so an
+    action read in between has no points, and a default would run it as a notify.
+    """
+
+    action: ActionType
     # setValue: the node to write (blank = the rule's parent); notify: the msgService node
     # (blank = every msgService found under the rule's ancestors).
     node_id: str = Field("", alias="nodeID")
