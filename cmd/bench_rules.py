@@ -201,6 +201,7 @@ async def rules_main(
         total = int(rate * seconds)
         payloads = [encode([Point("level", v).to_wire()]) for v in (0.0, 1.0)]
         sent = 0
+        stats_start = await client.stats()
         cpu_start = cpu_s(instance.pid)
         start = time.perf_counter()
         while sent < total:
@@ -218,6 +219,7 @@ async def rules_main(
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await pairing.all_answered.wait()
         cpu_end = cpu_s(instance.pid)
+        stats_end = await client.stats()
         for sub in subs:
             await sub.unsubscribe()
         raw_rps, raw_p50_ms = await raw_request_rate(nc, RAW_SECONDS)
@@ -228,6 +230,8 @@ async def rules_main(
     cpu_us = None
     if cpu_start is not None and cpu_end is not None:
         cpu_us = round((cpu_end - cpu_start) / total * 1e6)
+    commits = stats_end["commits"] - stats_start["commits"]
+    writes = stats_end["committedWrites"] - stats_start["committedWrites"]
     return {
         "rules": rule_count,
         "points": total,
@@ -241,6 +245,8 @@ async def rules_main(
         "max_ms": round(ordered[-1] / 1e6, 2) if ordered else None,
         "target_p99_ms": TARGET_P99_MS,
         "daemon_cpu_us_per_point": cpu_us,
+        "commits_per_point": round(commits / total, 2),
+        "writes_per_commit": round(writes / commits, 2) if commits else None,
         "raw_request_s": round(raw_rps),
         "raw_request_p50_ms": round(raw_p50_ms, 3),
         "setup_s": round(setup_s, 1),
@@ -260,6 +266,10 @@ def print_report(r: dict[str, Any]) -> None:
     )
     if r["daemon_cpu_us_per_point"] is not None:
         click.echo(f"siot serve CPU (user+sys) per point: {r['daemon_cpu_us_per_point']} µs")
+    click.echo(
+        f"SQLite transactions per point: {r['commits_per_point']}, writes per transaction: "
+        f"{r['writes_per_commit']}"
+    )
     click.echo(
         f"raw nats-py request/reply, same run: {r['raw_request_s']} req/s, "
         f"p50 {r['raw_request_p50_ms']:.3f} ms"

@@ -251,6 +251,9 @@ def stats(json_: bool, target: Target) -> None:
     click.echo(f"nodes            {reply.get('nodes')}")
     click.echo(f"accepted points  {reply.get('acceptedPoints')}")
     click.echo(f"log sequence     {reply.get('lastSeq')}")
+    commits, writes = reply.get("commits") or 0, reply.get("committedWrites") or 0
+    per_commit = f" ({writes / commits:.1f} writes each)" if commits else ""
+    click.echo(f"commits          {commits}{per_commit}")
     errors: dict[str, int] = reply.get("errors") or {}
     click.echo(f"errors           {sum(errors.values())}")
     for node, count in sorted(errors.items(), key=lambda item: -item[1]):

@@ -239,6 +239,8 @@ class Api:
                 "instance": self.store.instance_id,
                 "ready": self.ready,
                 "lastSeq": self.store.last_seq,
+                "commits": self.store.commits,
+                "committedWrites": self.store.committed_writes,
                 "acceptedPoints": self.accepted_points,
                 "errors": dict(self.errors),
                 "nodes": len(self.store.tree.parents),

@@ -113,6 +113,10 @@ class Store:
         self._checkpointer: Checkpointer | None = None
         self._closing = False
         self._write_lock = asyncio.Lock()
+        # Transactions and the writes they carried: their ratio is the group size, which decides
+        # what a commit costs per write (siot.stats; `siot bench` reports it).
+        self.commits = 0
+        self.committed_writes = 0
 
     @property
     def root_id(self) -> str:
@@ -308,6 +312,8 @@ class Store:
         if accepted:
             try:
                 self._next_seq = await self._apply([w.rows for w in accepted])
+                self.commits += 1
+                self.committed_writes += len(accepted)
             except Exception as exc:
                 logger.exception("store: commit of %d writes failed; reloading the tree", len(accepted))
                 error = StoreError(f"commit failed: {exc}")

@@ -239,7 +239,17 @@ def test_stats_counts_errors(instance: SiotProcess) -> None:
     siot(url, "set", node, "--edge", "no-such-parent", "x=1", ok=False)
     stats = as_json(url, "stats")
     assert stats["errors"].get(node) == 1
-    assert "errors" in siot(url, "stats").stdout
+    assert stats["committedWrites"] >= stats["commits"] >= 1
+    text = siot(url, "stats").stdout
+    assert "errors" in text and "writes each" in text
+
+
+def test_bench_rules_runs_against_an_instance(instance: SiotProcess) -> None:
+    """A tiny run: every published point produces its action, and the store's counters are read."""
+    report = as_json(instance.url, "bench", "rules", "--rules", "3", "--rate", "40", "--seconds", "0.5")
+    assert report["actions_committed"] == report["points"] == 20
+    assert (report["lost"], report["duplicates"], report["unanswered"]) == (0, 0, 0)
+    assert report["commits_per_point"] > 0 and report["writes_per_commit"] >= 1
 
 
 def test_bench_ingest_runs_against_an_instance(instance: SiotProcess) -> None:
