@@ -101,7 +101,9 @@ def apply_writes(db: sqlite3.Connection, writes: list[WriteRows], instance: str,
     db.execute("BEGIN IMMEDIATE")
     try:
         log_rows = []
-        execute = db.execute
+        # One cursor for the whole group: `Connection.execute` makes a new cursor per call, which
+        # cost ~4 µs of the ~10 µs a single upsert takes from Python.
+        execute = db.cursor().execute
         for write in writes:
             changed = write.changed
             for index, p in enumerate(write.points):
