@@ -20,6 +20,7 @@ from siot.nodes.rules import (
     compare,
     decode,
 )
+from siot.nodes.rules.conditions import Anomaly, make_evaluator
 from siot.nodes.rules.config import ValueType
 from siot.points import Point
 
@@ -178,6 +179,18 @@ def test_rolling_z_score_is_stable_for_large_values_and_forgets_old_samples() ->
     assert stats.z_score(101_327.5) == pytest.approx(4.0)
     stats.add(15 * S, 5.0)  # evicts everything older than 5 s
     assert [t for t, _ in stats.samples] == [6 * S, 7 * S, 8 * S, 9 * S, 15 * S]
+
+
+def test_anomaly_counts_a_point_seen_twice_once() -> None:
+    """The seed's history read can overlap the live feed; a repeated point is not a new sample."""
+    config = condition(conditionType="anomaly", nodeID=SENSOR, pointType="p", minSamples=3, threshold=2)
+    evaluator, _ = make_evaluator(config, rule_parent=PARENT, now_ns=0)
+    assert isinstance(evaluator, Anomaly)
+    series = [Point("p", v, time=(i + 1) * S) for i, v in enumerate([10.0, 11.0, 10.0, 11.0])]
+    for point in series + series[1:]:
+        evaluator.on_point(SENSOR, point, 0)
+    assert [v for _, v in evaluator.stats[SENSOR].samples] == [10.0, 11.0, 10.0, 11.0]
+    assert evaluator.on_point(SENSOR, Point("p", 50.0, time=5 * S), 0) and evaluator.raw(0)
 
 
 # ---- rules: holds, transitions, reminders, restarts ----

@@ -209,6 +209,11 @@ class Anomaly:
     stats: dict[str, RollingStats] = field(default_factory=dict)
     anomalous: dict[str, bool] = field(default_factory=dict)
     trigger: Trigger | None = None
+    # Per node, the (time, origin) of the newest sample taken. The store fans out only points
+    # that won the merge, so each point of a series is newer than the last: one that is not is
+    # the same point seen twice (the seed's history read overlapping the live feed, or two
+    # subscriptions while the manager swaps one for another) and must not count twice.
+    newest: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def on_point(self, node: str, point: Point, now_ns: int) -> bool:
         if point.type != self.config.point_type or point.key != self.config.point_key or point.deleted:
@@ -216,10 +221,14 @@ class Anomaly:
         value = to_number(point.value)
         if value is None:
             return False
+        time_ns = point.time or now_ns
+        seen = self.newest.get(node)
+        if seen is not None and (time_ns, point.origin) <= seen:
+            return False
+        self.newest[node] = (time_ns, point.origin)
         stats = self.stats.get(node)
         if stats is None:
             stats = self.stats[node] = RollingStats(int(self.config.window_s * NS_PER_S))
-        time_ns = point.time or now_ns
         stats.evict(time_ns)
         judged = len(stats) >= self.config.min_samples
         hit = judged and stats.z_score(value) > self.config.threshold
