@@ -16,6 +16,7 @@ import pytest
 from rules_support import make_rule, wait_point
 from support import SiotProcess, connected, running
 
+from siot import subjects
 from siot.client import Client
 from siot.nodes.rules import ManualClock
 from siot.nodes.rules.manager import RulesManager
@@ -148,15 +149,15 @@ async def test_reload_keeps_the_subtree_subscription_and_delete_releases_it(bare
         [{"action": "setValue", "nodeID": alarms, "pointType": "dry", "value": True}],
     )
     async with RulesManager(bare, clock=ManualClock(time.time_ns())) as manager:
-        subscription = manager._subs[farm]
+        subscription = manager._subs[subjects.up_all(farm)]
         await bare.send_points(rule, [Point("description", "any probe below 35")])
         await until(lambda: manager.rules[rule].config.description == "any probe below 35")
-        assert manager._subs[farm] is subscription
+        assert manager._subs[subjects.up_all(farm)] is subscription
         await bare.send_points(sensor, [Point("humidity", 20)])
         await wait_point(bare, alarms, "dry", lambda v: v is True)
         await bare.delete_node(rule, farm)
         await until(lambda: rule not in manager.rules)
-        assert farm not in manager._subs
+        assert subjects.up_all(farm) not in manager._subs
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -164,3 +165,40 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+async def test_subscribes_only_to_what_the_rules_depend_on(bare: Client) -> None:
+    """Edges under the root, each rule's subtree, each named node, each watched subtree: other
+    traffic never reaches the engine. A deleted rule's subjects go; an undeleted rule (whose edge
+    change carries no nodeType) comes back and runs."""
+    root = bare.root_id
+    sensor = await bare.create_node(root, "device")
+    farm = await bare.create_node(root, "group")
+    await bare.create_node(root, "device")  # nothing watches it
+    alarms = await bare.create_node(root, "device")
+    named, _, _ = await make_rule(
+        bare,
+        root,
+        "sensor dry",
+        [{"nodeID": sensor, "pointType": "humidity", "operator": "<", "value": 35}],
+        [{"action": "setValue", "nodeID": alarms, "pointType": "dry", "value": True}],
+    )
+    anywhere, _, _ = await make_rule(
+        bare, farm, "any probe dry", [{"pointType": "humidity", "operator": "<", "value": 35}]
+    )
+    async with RulesManager(bare, clock=ManualClock(time.time_ns())) as manager:
+        edges = subjects.up(root, "*", "*")
+        expected = {
+            edges,
+            *(subjects.up_all(n) for n in (named, anywhere, farm)),
+            subjects.up(sensor, sensor),
+        }
+        assert set(manager._subs) == expected
+        await bare.delete_node(named, root)
+        await until(lambda: named not in manager.rules)
+        assert set(manager._subs) == {edges, subjects.up_all(anywhere), subjects.up_all(farm)}
+        await bare.undelete_node(named, root)
+        await until(lambda: named in manager.rules)
+        assert set(manager._subs) == expected
+        await bare.send_points(sensor, [Point("humidity", 20)])
+        await wait_point(bare, alarms, "dry", lambda v: v is True)

@@ -1,12 +1,18 @@
 """The rules node client: finds `rule` nodes, keeps their runtimes loaded, feeds them the committed
 points they depend on, runs their timers and their actions.
 
-Event flow. One subscription to `up.<root>.>` sees every committed change once; it drives config
-reloads and conditions that name a node. Its callback drops, before decoding, point changes of
-nodes that are neither watched by name nor part of a rule, so unrelated traffic costs no decode.
-Conditions with a blank nodeID (or offline ones) watch a subtree: one `up.<node>.>` subscription
-per distinct watched node, shared by every rule that needs it. A point therefore reaches only the
-conditions that depend on it, through dict lookups.
+Event flow. The engine subscribes only to what its rules depend on, so the rest of the
+system's traffic never reaches it (see `_wanted_subjects`): `up.<root>.*.*` for edge changes (rules
+created, moved, deleted), `up.<rule>.>` per rule for its own and its children's config,
+`up.<node>.<node>` per node a condition names, and `up.<node>.>` per subtree a condition watches
+(blank nodeID, offline). At most one subscription matches any subject, so a change arrives once
+per ancestor it is published to, and the subject says which watchers it is for. A point
+therefore reaches only the conditions that depend on it, through dict lookups.
+
+A subscription is always live (flushed) before the store is read for what it covers (a rule's
+children, a watched node's current points), so nothing committed in between is missed. One that
+is no longer needed is drained, not dropped: nats-py discards the messages still pending on an
+unsubscribed subscription.
 
 One consumer task owns all rule state. NATS callbacks, timer ticks and finished actions are put
 on one queue and handled in order, so two evaluations of a rule never interleave and the state
@@ -62,6 +68,8 @@ DEFAULT_QUEUE_SIZE = 100_000
 RELOAD_DELAY_NS = 200_000_000
 STOP_TIMEOUT_S = 10.0
 MAX_EVENTS_PER_SEND = 256
+# Far above any burst: a subscription that hits nats-py's limit drops messages (slow consumer).
+PENDING_MSGS_LIMIT = 1_000_000
 RULES_ENV = "SIOT_RULES"
 
 
@@ -117,12 +125,14 @@ class RulesManager:
         self.ready = asyncio.Event()
         self._root = ""
         self._owner: dict[str, str] = {}  # rule and child node id -> rule id
-        # Every rule/condition/action node ever seen, kept by the NATS callback itself from edge
-        # changes, so a new child's first points are never filtered out before its rule reloads.
-        self._engine_nodes: set[str] = set()
+        # Every node ever seen with nodeType rule (an undelete's edge change carries no type), and
+        # those seen by the NATS callback that the consumer has not (re)loaded yet.
+        self._known_rules: set[str] = set()
+        self._pending_rules: set[str] = set()
         self._exact: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
         self._subtree: dict[str, list[tuple[RuleRuntime, ConditionRuntime]]] = {}
-        self._subs: dict[str, Subscription] = {}
+        self._subs: dict[str, Subscription] = {}  # subject -> subscription
+        self._subs_lock = asyncio.Lock()
         self._inbox = ""
         self._reply_sub: Subscription | None = None
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=DEFAULT_QUEUE_SIZE)
@@ -142,12 +152,13 @@ class RulesManager:
         self._root = await self.client.load_root()
         self._inbox = self.client.nc.new_inbox()
         self._reply_sub = await self.client.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
-        # Subscribe before loading, so a change committed during the load is queued, not lost.
-        await self._subscribe(self._root)
+        # Subscribe before loading, so a change committed during the load is queued, not lost:
+        # edges first (rules created meanwhile), then every rule's subtree, then read the rules.
+        await self._sync_subscriptions()
         tree = await self.client.tree(self._root)
-        for node in _walk(tree):
-            if node.type in RULE_TYPES:
-                self._engine_nodes.add(node.id)
+        self._known_rules = {node.id for node in _walk(tree) if node.type == RULE}
+        self._pending_rules = set(self._known_rules)
+        await self._sync_subscriptions()
         for node in _walk(tree):
             if node.type == RULE:
                 await self._load(node.id, node.parent)
@@ -183,25 +194,46 @@ class RulesManager:
         bucket.add(task)
         task.add_done_callback(bucket.discard)
 
-    async def _subscribe(self, node: str) -> None:
-        if node not in self._subs:
-            self._subs[node] = await self.client.nc.subscribe(subjects.up_all(node), cb=self._on_msg)
-            await self.client.nc.flush()
+    def _wanted_subjects(self) -> set[str]:
+        """The subjects the current rules depend on (module doc). A node needing both its own
+        points and its subtree gets the subtree only, which includes `up.<node>.<node>`."""
+        whole = {*self._subtree, *self.rules, *self._pending_rules}
+        wanted = {subjects.up_all(node) for node in whole}
+        wanted.update(subjects.up(node, node) for node in self._exact if node not in whole)
+        if self._root not in whole:
+            wanted.add(subjects.up(self._root, "*", "*"))
+        return wanted
+
+    async def _sync_subscriptions(self) -> None:
+        """Subscribe to what is wanted and not yet subscribed (live when this returns) and drain
+        what is no longer wanted. Runs from the consumer and from the edge callback, hence the lock."""
+        async with self._subs_lock:
+            wanted = self._wanted_subjects()
+            new = [subject for subject in wanted if subject not in self._subs]
+            for subject in new:
+                self._subs[subject] = await self.client.nc.subscribe(
+                    subject, cb=self._on_msg, pending_msgs_limit=PENDING_MSGS_LIMIT
+                )
+            if new:
+                await self.client.nc.flush()
+            for subject in [s for s in self._subs if s not in wanted]:
+                self._spawn(_drain(self._subs.pop(subject)), f"drain {subject}")
 
     async def _on_msg(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
         ancestor, node = tokens[1], tokens[2]
         parent = tokens[3] if len(tokens) > 3 else None
-        if (
-            parent is None
-            and ancestor == self._root
-            and node not in self._exact
-            and node not in self._engine_nodes
-        ):
-            return  # nothing depends on it; a loading rule seeds from the store after indexing
         points = decode_trusted_points(msg.data)
-        if parent is not None and any(p.type == NODE_TYPE and p.value in RULE_TYPES for p in points):
-            self._engine_nodes.add(node)
+        if (
+            parent is not None
+            and ancestor == self._root
+            and (node in self._known_rules or any(p.type == NODE_TYPE and p.value == RULE for p in points))
+        ):
+            # Subscribe to the rule's subtree before its change is queued: the reload it causes
+            # then reads the children after the subscription is live, so no child point is lost.
+            self._known_rules.add(node)
+            self._pending_rules.add(node)
+            await self._sync_subscriptions()
         await self._queue.put(_Changed(ancestor, node, parent, points))
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -252,18 +284,20 @@ class RulesManager:
 
     async def _on_changed(self, event: _Changed) -> None:
         now = self.clock.now_ns()
-        if event.ancestor == self._root:
-            self._note_config_change(event)
-        if self._dirty and event.parent is None and self._feeds_dirty_rule(event):
+        if event.parent is not None:
+            if event.ancestor == self._root:  # every edge change comes once with the root as ancestor
+                self._note_edge_change(event)
+            return
+        self._note_point_change(event)
+        if self._dirty and self._feeds_dirty_rule(event):
             # A config change of this rule is waiting for the queue to drain: apply it first, so
             # the point meets the config that was committed before it (not a half-built rule).
             await self._reload_dirty()
-        if event.ancestor == self._root:
-            if event.parent is None:
-                for rule, cond in self._exact.get(event.node, ()):
-                    for point in event.points:
-                        await self._apply(rule, rule.on_point(cond, event.node, point, now))
-        if event.parent is not None or event.node in self._owner:
+        if event.ancestor == event.node:
+            for rule, cond in self._exact.get(event.node, ()):
+                for point in event.points:
+                    await self._apply(rule, rule.on_point(cond, event.node, point, now))
+        if event.node in self._owner:
             return
         for rule, cond in self._subtree.get(event.ancestor, ()):
             for point in event.points:
@@ -274,21 +308,26 @@ class RulesManager:
 
     def _feeds_dirty_rule(self, event: _Changed) -> bool:
         watchers = [*self._subtree.get(event.ancestor, ())]
-        if event.ancestor == self._root:
+        if event.ancestor == event.node:
             watchers += self._exact.get(event.node, ())
         return any(rule.id in self._dirty for rule, _ in watchers)
 
-    def _note_config_change(self, event: _Changed) -> None:
-        """Mark rules whose config this change may alter; they reload when the queue is drained."""
+    def _note_edge_change(self, event: _Changed) -> None:
+        """Mark the rules an edge change may alter (a rule added, moved or deleted, or a child of
+        one); they reload when the queue is drained."""
         node, parent = event.node, event.parent
-        if parent is not None:
-            created_rule = any(p.type == NODE_TYPE and p.value == RULE for p in event.points)
-            if created_rule or node in self.rules:
-                self._mark_dirty(node, parent)
-            if parent in self.rules or parent in self._dirty:
-                self._mark_dirty(parent, None)
-            return
+        if node in self._known_rules:
+            self._mark_dirty(node, parent)
+        if parent in self.rules or parent in self._dirty:
+            self._mark_dirty(parent, None)
+
+    def _note_point_change(self, event: _Changed) -> None:
+        """Mark the rule whose config a point change may alter: a rule's, or a child's, including a
+        child its rule has not loaded yet (it arrives through the rule's subtree)."""
+        node, ancestor = event.node, event.ancestor
         rule = self._owner.get(node)
+        if rule is None and ancestor != node and (ancestor in self.rules or ancestor in self._pending_rules):
+            rule = ancestor
         # Points the engine wrote (state, errors, notifications) carry an owned node as origin.
         if rule is not None and not all(p.origin in self._owner for p in event.points):
             self._mark_dirty(rule, None)
@@ -430,7 +469,8 @@ class RulesManager:
         parents = [n for n in await self.client.nodes(subjects.ALL, rule_id) if n.type == RULE]
         if not parents or not self.manages(rule_id):
             self._unload(rule_id)
-            self._release_unwatched()
+            self._pending_rules.discard(rule_id)
+            await self._sync_subscriptions()
             return
         preferred = parent_hint or (old.parent if old else None)
         info = next((n for n in parents if n.parent == preferred), parents[0])
@@ -452,16 +492,14 @@ class RulesManager:
         self._owner[rule_id] = rule_id
         for child in children:
             self._owner[child.id] = rule_id
-        # Index every condition before the first await: a point for an adopted (not re-seeded)
-        # evaluator must not be filtered out by `_on_msg` while a subscription is being made.
         for cond in runtime.conditions:
             if cond.watch.node:
                 index = self._subtree if cond.watch.subtree else self._exact
                 index.setdefault(cond.watch.node, []).append((runtime, cond))
-        self._release_unwatched()
-        for cond in runtime.conditions:
-            if cond.watch.subtree:
-                await self._subscribe(cond.watch.node)
+        # After indexing, so a watch the old runtime had and the new one keeps is not drained;
+        # before seeding, so what is committed after the seed's read arrives as a change.
+        self._pending_rules.discard(rule_id)
+        await self._sync_subscriptions()
         trees: dict[str, TreeNode] = {}
         for cond in fresh:
             await self._seed(cond, now, trees)
@@ -492,14 +530,6 @@ class RulesManager:
                 index[key] = [(r, c) for r, c in index[key] if r is not old]
                 if not index[key]:
                     del index[key]
-
-    def _release_unwatched(self) -> None:
-        """Unsubscribe from subtrees no condition watches any more. Called only after a reload has
-        indexed its new conditions: nats-py discards the messages still pending on a subscription
-        it unsubscribes, so dropping and re-making a subscription the new runtime also needs would
-        lose the points in flight (an adopted condition is not re-seeded to make up for them)."""
-        for node in [n for n in self._subs if n != self._root and n not in self._subtree]:
-            self._spawn(self._subs.pop(node).unsubscribe(), f"unsubscribe {node}")
 
     async def _seed(self, cond: ConditionRuntime, now: int, trees: dict[str, TreeNode]) -> None:
         """Show a new evaluator the current state of what it watches, read back from the store."""
@@ -533,6 +563,13 @@ class RulesManager:
         if watch.node not in trees:
             trees[watch.node] = await self.client.tree(watch.node)
         return [n for n in _walk(trees[watch.node]) if n.type not in ENGINE_TYPES]
+
+
+async def _drain(subscription: Subscription) -> None:
+    """Stop a subscription after handing its pending messages to the callback (the engine is
+    done with it; a closed connection has nothing left to hand over)."""
+    with contextlib.suppress(Exception):
+        await subscription.drain()
 
 
 def _walk(tree: TreeNode) -> list[NodeInfo]:
