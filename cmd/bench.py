@@ -132,7 +132,8 @@ async def _quiet(exc: Exception) -> None:
 
 
 async def connect_when_ready(instance: Instance, token: str) -> Client:
-    """Connect once the instance answers (its root loads), failing early if its process died."""
+    """Connect once the instance is ready (its API answers and every node client has started, so
+    what a benchmark creates meets running managers), failing early if its process died."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         instance.check_alive()
@@ -152,14 +153,17 @@ async def connect_when_ready(instance: Instance, token: str) -> Client:
                 raise click.ClickException(f"no siot instance answers at {instance.url}: {exc}") from exc
             await asyncio.sleep(0.1)
             continue
+        problem: Exception | str = "it is still starting"
         try:
             await client.load_root()
-            return client
-        except Exception:
-            await client.close()
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+            if (await client.stats()).get("ready"):
+                return client
+        except Exception as exc:
+            problem = exc
+        await client.close()
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the siot instance at {instance.url} is not ready: {problem}")
+        await asyncio.sleep(0.1)
 
 
 def rss_mb(pid: int | None) -> float | None:

@@ -202,3 +202,30 @@ async def test_subscribes_only_to_what_the_rules_depend_on(bare: Client) -> None
         assert set(manager._subs) == expected
         await bare.send_points(sensor, [Point("humidity", 20)])
         await wait_point(bare, alarms, "dry", lambda v: v is True)
+
+
+async def test_rules_created_while_the_engine_starts_all_run(bare: Client) -> None:
+    """Rules created while the manager reads the tree reach it through the edge subscription or
+    the read (or both); none may be forgotten in between."""
+    root = bare.root_id
+    sensor = await bare.create_node(root, "device")
+    manager = RulesManager(bare, clock=ManualClock(time.time_ns()))
+    starting = asyncio.create_task(manager.__aenter__())
+    targets = []
+    for i in range(20):
+        target = await bare.create_node(root, "device")
+        await make_rule(
+            bare,
+            root,
+            f"rule {i}",
+            [{"nodeID": sensor, "pointType": "humidity", "operator": "<", "value": 35}],
+            [{"action": "setValue", "nodeID": target, "pointType": "dry", "value": True}],
+        )
+        targets.append(target)
+    await starting
+    try:
+        await bare.send_points(sensor, [Point("humidity", 20)])
+        for target in targets:
+            await wait_point(bare, target, "dry", lambda v: v is True)
+    finally:
+        await manager.__aexit__(None, None, None)

@@ -156,8 +156,11 @@ class RulesManager:
         # edges first (rules created meanwhile), then every rule's subtree, then read the rules.
         await self._sync_subscriptions()
         tree = await self.client.tree(self._root)
-        self._known_rules = {node.id for node in _walk(tree) if node.type == RULE}
-        self._pending_rules = set(self._known_rules)
+        # Added to, not replaced: the edge callback may already have seen rules created after
+        # the read, and replacing would forget them (and drain their subscriptions).
+        found = {node.id for node in _walk(tree) if node.type == RULE}
+        self._known_rules |= found
+        self._pending_rules |= found
         await self._sync_subscriptions()
         for node in _walk(tree):
             if node.type == RULE:
