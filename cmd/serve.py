@@ -9,6 +9,7 @@ import click
 from siot.app import ServeConfig, run
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT
 from siot.errors import SiotError
+from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S
 
 
 @click.command()
@@ -102,6 +103,17 @@ from siot.errors import SiotError
     show_default=True,
     type=int,
     help="Keep at most this many point-log entries.",
+)
+@click.option(
+    "--checkpoint-interval",
+    "checkpoint_interval_s",
+    envvar="SIOT_CHECKPOINT_INTERVAL",
+    default=DEFAULT_CHECKPOINT_INTERVAL_S,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between WAL checkpoints, which copy committed pages into the database file and "
+    "fsync it. The fsync briefly holds up commits, less so the smaller the checkpoint; a longer "
+    "interval writes hot pages less often (e.g. on SD cards).",
 )
 @click.option(
     "--upstream",

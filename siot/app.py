@@ -28,6 +28,7 @@ from siot.api import Api, wait_closed
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT, Broker, BrokerConfig
 from siot.client import Client
 from siot.store import Store, StoreConfig
+from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ServeConfig:
     synchronous: str = "NORMAL"
     retention_days: float = 365.0
     retention_max_rows: int = 20_000_000
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
     upstream: str | None = None
     upstream_parent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -164,6 +166,7 @@ class App:
                 synchronous=cfg.synchronous,
                 retention_days=cfg.retention_days,
                 retention_max_rows=cfg.retention_max_rows,
+                checkpoint_interval_s=cfg.checkpoint_interval_s,
             )
         )
         url = cfg.nats_url

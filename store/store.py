@@ -33,7 +33,7 @@ from siot.errors import (
     UnknownNode,
 )
 from siot.points import Point
-from siot.store.checkpoint import Checkpointer
+from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, Checkpointer
 from siot.store.schema import migrate
 from siot.store.tree import NODE_TYPE, ROOT_PARENT, TOMBSTONE, EdgeState, Tree
 from siot.store.writer import WriteRows, apply_writes, connect, unpack_value
@@ -87,6 +87,7 @@ class StoreConfig:
     retention_days: float = DEFAULT_RETENTION_DAYS
     retention_max_rows: int = DEFAULT_RETENTION_MAX_ROWS
     retention_check_s: float = DEFAULT_RETENTION_CHECK_S
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
     description: str = field(default_factory=socket.gethostname)
 
 
@@ -151,7 +152,9 @@ class Store:
             self._reader = await aiosqlite.connect(self.config.path)
             await self._reader.execute("PRAGMA query_only=1")
             await self._load()
-            self._checkpointer = Checkpointer(self.config.path, lambda: self.last_seq)
+            self._checkpointer = Checkpointer(
+                self.config.path, lambda: self.last_seq, self.config.checkpoint_interval_s
+            )
             await self._checkpointer.__aenter__()
         except Exception as exc:
             await self._close_connections()

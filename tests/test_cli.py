@@ -21,7 +21,8 @@ TIMEOUT_S = 30
 
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiotProcess]:
-    proc = SiotProcess(data_dir=tmp_path_factory.mktemp("cli") / "data").start()
+    data = tmp_path_factory.mktemp("cli") / "data"
+    proc = SiotProcess(data_dir=data, extra_args=["--checkpoint-interval", "0.05"]).start()
     try:
         yield proc
     finally:
@@ -231,6 +232,11 @@ def test_user_errors_print_one_line_and_exit_1(
 def test_unreachable_instance_is_a_clear_error() -> None:
     result = siot(f"nats://127.0.0.1:{free_port()}", "tree", ok=False)
     assert result.returncode == 1 and "cannot connect" in result.stderr
+
+
+def test_serve_refuses_a_checkpoint_interval_below_its_floor() -> None:
+    result = siot("nats://127.0.0.1:1", "serve", "--checkpoint-interval", "0", ok=False)
+    assert result.returncode == 2 and "--checkpoint-interval" in result.stderr
 
 
 def test_stats_counts_errors(instance: SiotProcess) -> None:

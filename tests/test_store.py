@@ -131,6 +131,14 @@ async def test_full_sync_mode_is_selectable(tmp_path) -> None:
         Store(StoreConfig(path=str(tmp_path / "g.db"), synchronous="OFF"))
 
 
+async def test_checkpoint_interval_comes_from_the_config(db_path: str) -> None:
+    async with Store(StoreConfig(path=db_path, checkpoint_interval_s=0.05)) as store:
+        assert store.checkpointer is not None and store.checkpointer.interval_s == 0.05
+        await make_node(store)
+        async with asyncio.timeout(10):
+            await store.checkpointer.checkpointed.wait()
+
+
 async def test_wal_is_checkpointed_off_the_write_path(store: Store, db_path: str) -> None:
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # other connections
