@@ -10,10 +10,13 @@ writer; the copying then overlaps with ingest on the second core.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -22,19 +25,31 @@ logger = logging.getLogger(__name__)
 # stall, the rules benchmark's p99; every 0.1 s the stalls stay under the queueing noise
 # (docs/benchmarks.md). The cost is more writes of hot pages into the database file.
 DEFAULT_CHECKPOINT_INTERVAL_S = 0.1
+# A WAL this long is started over from its beginning (see `Checkpointer._run`): 14,000 frames of
+# 4 KB pages are ~58 MB, under the 64 MB the writer truncates a longer WAL to on a restart, so a
+# restart never truncates (truncating a 256 MB WAL stalled commits for ~200 ms).
+DEFAULT_RESTART_WAL_FRAMES = 14_000
 
 
 class Checkpointer:
     """Checkpoints the WAL whenever the store has committed since the last checkpoint.
-    `async with Checkpointer(path, last_seq)` runs it; leaving stops it (the writer's final
-    close checkpoints what is left)."""
+    `async with Checkpointer(path, last_seq, interval_s, hold_writes)` runs it; leaving stops it
+    (the writer's final close checkpoints what is left). `hold_writes` is an async context
+    manager under which the store starts no transaction (its write lock)."""
 
     def __init__(
-        self, path: str, last_seq: Callable[[], int], interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+        self,
+        path: str,
+        last_seq: Callable[[], int],
+        interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S,
+        hold_writes: AbstractAsyncContextManager[Any] | None = None,
+        restart_wal_frames: int = DEFAULT_RESTART_WAL_FRAMES,
     ) -> None:
         self._path = path
         self._last_seq = last_seq
         self.interval_s = interval_s
+        self.restart_wal_frames = restart_wal_frames
+        self._hold_writes = hold_writes or contextlib.nullcontext()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siot-store-checkpoint")
         self._db: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +93,17 @@ class Checkpointer:
                 continue
             try:
                 self.last_result = await loop.run_in_executor(self._executor, self.checkpoint)
+                if self.last_result[1] >= self.restart_wal_frames:
+                    # SQLite starts the WAL over only when a transaction begins with every frame
+                    # copied. Under steady writes no checkpoint ends that way (frames arrive while
+                    # it copies; its counts are those of its start), so the WAL grew without bound
+                    # (1.2 GB in a 30 s rules benchmark, until the disk is full) and page lookups
+                    # through its index slowed down. Copying the frames written meanwhile with
+                    # writes held lets the next transaction start the WAL over. The hold costs
+                    # commits a 5–16 ms pause on this machine; it only happens under writes steady
+                    # enough to fill the WAL, since any pause in them lets the WAL start over.
+                    async with self._hold_writes:
+                        self.last_result = await loop.run_in_executor(self._executor, self.checkpoint)
                 done_seq = seq
                 self.checkpointed.set()
             except sqlite3.Error:

@@ -33,7 +33,7 @@ from siot.errors import (
     UnknownNode,
 )
 from siot.points import Point
-from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, Checkpointer
+from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES, Checkpointer
 from siot.store.schema import migrate
 from siot.store.tree import NODE_TYPE, ROOT_PARENT, TOMBSTONE, EdgeState, Tree
 from siot.store.writer import WriteRows, apply_writes, connect, unpack_value
@@ -88,6 +88,7 @@ class StoreConfig:
     retention_max_rows: int = DEFAULT_RETENTION_MAX_ROWS
     retention_check_s: float = DEFAULT_RETENTION_CHECK_S
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    restart_wal_frames: int = DEFAULT_RESTART_WAL_FRAMES
     description: str = field(default_factory=socket.gethostname)
 
 
@@ -153,7 +154,11 @@ class Store:
             await self._reader.execute("PRAGMA query_only=1")
             await self._load()
             self._checkpointer = Checkpointer(
-                self.config.path, lambda: self.last_seq, self.config.checkpoint_interval_s
+                self.config.path,
+                lambda: self.last_seq,
+                self.config.checkpoint_interval_s,
+                hold_writes=self._write_lock,
+                restart_wal_frames=self.config.restart_wal_frames,
             )
             await self._checkpointer.__aenter__()
         except Exception as exc:
