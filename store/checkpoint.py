@@ -94,8 +94,8 @@ class Checkpointer:
         steady writes no checkpoint ends that way (frames arrive while it copies; its counts are
         those of its start), so the WAL grew without bound (1.2 GB in a 30 s rules benchmark,
         until the disk is full) and page lookups through its index slowed down. The held pass
-        pauses commits for 5–7 ms on this machine (rarely up to ~20 ms); it only happens under writes steady enough
-        to fill the WAL, since any pause in them lets the WAL start over by itself.
+        pauses commits for 5–7 ms on this machine (rarely up to ~20 ms); it only happens under
+        writes steady enough to fill the WAL, since any pause in them lets it start over by itself.
         """
         loop = asyncio.get_running_loop()
         for _ in range(CATCH_UP_PASSES):
