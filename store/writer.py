@@ -38,7 +38,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
-WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+WAL_SIZE_LIMIT_BYTES = 128 * 1024 * 1024  # a longer WAL is truncated to this when it starts over
 
 
 def pack_value(value: object) -> bytes:
