@@ -29,7 +29,7 @@ DEFAULT_CHECKPOINT_INTERVAL_S = 0.1
 # pages are ~124 MB, under the 128 MB the writer truncates a longer WAL to when it starts over,
 # so a restart never truncates (truncating a 256 MB WAL stalled commits for ~200 ms). Each
 # restart pauses commits; at 14,000 frames the pauses came twice as often and the rules
-# benchmark's p99 in 30 s runs was 19–28 ms instead of 14–18 ms (docs/benchmarks.md).
+# benchmark's p99 in 30 s runs was 19–28 ms instead of 9–18 ms (docs/benchmarks.md).
 DEFAULT_RESTART_WAL_FRAMES = 30_000
 # Unheld passes before the held one: each copies what arrived during the one before, so the held
 # pass (and the pause of commits) shrinks to about the fsync floor: mostly 5–7 ms here instead
