@@ -51,10 +51,13 @@ class Greeter:
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[App]:
+async def ctx(tmp_path: Path) -> AsyncIterator[AppContext]:
+    """A running in-process App's context, with a fresh queue for the greeters' events."""
+    Greeter.events = asyncio.Queue()
     config = ServeConfig(data_dir=tmp_path / "data", nats_port=free_port(), monitor_port=0)
     async with App(config) as running:
-        yield running
+        assert running.context is not None
+        yield running.context
 
 
 @asynccontextmanager
@@ -68,10 +71,7 @@ async def next_event() -> tuple[str, str]:
         return await Greeter.events.get()
 
 
-async def test_manager_starts_updates_and_stops_runners(app: App) -> None:
-    Greeter.events = asyncio.Queue()
-    ctx = app.context
-    assert ctx is not None
+async def test_manager_starts_updates_and_stops_runners(ctx: AppContext) -> None:
     client = ctx.client
     existing = await client.create_node(client.root_id, "greeter", [Point("greeting", "hi")])
     async with greeter_manager(ctx) as manager:
@@ -105,10 +105,7 @@ def test_points_to_fields_keys_and_tombstones() -> None:
     assert points_to_fields(points) == {"a": 1, "tag": {"color": "x", "size": "y"}}
 
 
-async def test_a_node_being_created_gets_no_spurious_error(app: App) -> None:
-    Greeter.events = asyncio.Queue()
-    ctx = app.context
-    assert ctx is not None
+async def test_a_node_being_created_gets_no_spurious_error(ctx: AppContext) -> None:
     client = ctx.client
     async with greeter_manager(ctx), client.changes() as changes:
         node = await client.create_node(client.root_id, "greeter", [Point("greeting", "hey")])
@@ -122,10 +119,7 @@ async def test_a_node_being_created_gets_no_spurious_error(app: App) -> None:
         assert [p.type for p in seen if p.type == "error"] == []
 
 
-async def test_a_change_that_leaves_the_config_as_it_was_is_not_an_update(app: App) -> None:
-    Greeter.events = asyncio.Queue()
-    ctx = app.context
-    assert ctx is not None
+async def test_a_change_that_leaves_the_config_as_it_was_is_not_an_update(ctx: AppContext) -> None:
     client = ctx.client
     node = await client.create_node(client.root_id, "greeter", [Point("greeting", "hi")])
     async with greeter_manager(ctx):
