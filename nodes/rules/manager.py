@@ -2,7 +2,7 @@
 points they depend on, runs their timers and their actions.
 
 Event flow. The engine subscribes only to what its rules depend on, so the rest of the
-system's traffic never reaches it (see `_wanted_subjects`): `up.<root>.*.*` for edge changes (rules
+system's traffic never reaches it (see `_wanted_for`): `up.<root>.*.*` for edge changes (rules
 created, moved, deleted), `up.<rule>.>` per rule for its own and its children's config,
 `up.<node>.<node>` per node a condition names, and `up.<node>.>` per subtree a condition watches
 (blank nodeID, offline). At most one subscription matches any subject, so a change arrives once
@@ -36,7 +36,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,14 +154,14 @@ class RulesManager:
         self._reply_sub = await self.client.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
         # Subscribe before loading, so a change committed during the load is queued, not lost:
         # edges first (rules created meanwhile), then every rule's subtree, then read the rules.
-        await self._sync_subscriptions()
+        await self._sync_subscriptions([self._root])
         tree = await self.client.tree(self._root)
         # Added to, not replaced: the edge callback may already have seen rules created after
         # the read, and replacing would forget them (and drain their subscriptions).
         found = {node.id for node in _walk(tree) if node.type == RULE}
         self._known_rules |= found
         self._pending_rules |= found
-        await self._sync_subscriptions()
+        await self._sync_subscriptions(found)
         for node in _walk(tree):
             if node.type == RULE:
                 await self._load(node.id, node.parent)
@@ -197,29 +197,43 @@ class RulesManager:
         bucket.add(task)
         task.add_done_callback(bucket.discard)
 
-    def _wanted_subjects(self) -> set[str]:
-        """The subjects the current rules depend on (module doc). A node needing both its own
-        points and its subtree gets the subtree only, which includes `up.<node>.<node>`."""
-        whole = {*self._subtree, *self.rules, *self._pending_rules}
-        wanted = {subjects.up_all(node) for node in whole}
-        wanted.update(subjects.up(node, node) for node in self._exact if node not in whole)
-        if self._root not in whole:
-            wanted.add(subjects.up(self._root, "*", "*"))
+    def _wanted_for(self, node: str) -> set[str]:
+        """The subjects the current rules need for `node` (module doc). A node needing both its
+        own points and its subtree gets the subtree only, which includes `up.<node>.<node>`."""
+        if node in self._subtree or node in self.rules or node in self._pending_rules:
+            return {subjects.up_all(node)}
+        wanted = {subjects.up(node, node)} if node in self._exact else set()
+        if node == self._root:
+            wanted.add(subjects.up(node, "*", "*"))
         return wanted
 
-    async def _sync_subscriptions(self) -> None:
-        """Subscribe to what is wanted and not yet subscribed (live when this returns) and drain
-        what is no longer wanted. Runs from the consumer and from the edge callback, hence the lock."""
+    def _subjects_of(self, node: str) -> tuple[str, ...]:
+        """Every subject the engine may subscribe to for `node`."""
+        own = (subjects.up_all(node), subjects.up(node, node))
+        return (*own, subjects.up(node, "*", "*")) if node == self._root else own
+
+    async def _sync_subscriptions(self, nodes: Iterable[str]) -> None:
+        """For each of `nodes` (those whose needs may have changed), subscribe to what is wanted
+        and not yet subscribed (live when this returns) and drain what is no longer wanted. Per
+        node, not over every rule, so loading N rules stays O(N). Runs from the consumer and
+        from the edge callback, hence the lock."""
         async with self._subs_lock:
-            wanted = self._wanted_subjects()
-            new = [subject for subject in wanted if subject not in self._subs]
+            new, stale = [], []
+            for node in set(nodes):
+                wanted = self._wanted_for(node)
+                for subject in self._subjects_of(node):
+                    if subject in wanted and subject not in self._subs:
+                        new.append(subject)
+                    elif subject not in wanted and subject in self._subs:
+                        stale.append(subject)
             for subject in new:
                 self._subs[subject] = await self.client.nc.subscribe(
                     subject, cb=self._on_msg, pending_msgs_limit=PENDING_MSGS_LIMIT
                 )
             if new:
                 await self.client.nc.flush()
-            for subject in [s for s in self._subs if s not in wanted]:
+            # Only now: a node's narrow subscription swapped for a wide one leaves no gap.
+            for subject in stale:
                 self._spawn(_drain(self._subs.pop(subject)), f"drain {subject}")
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -236,7 +250,7 @@ class RulesManager:
             # then reads the children after the subscription is live, so no child point is lost.
             self._known_rules.add(node)
             self._pending_rules.add(node)
-            await self._sync_subscriptions()
+            await self._sync_subscriptions([node])
         await self._queue.put(_Changed(ancestor, node, parent, points))
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -473,7 +487,7 @@ class RulesManager:
         if not parents or not self.manages(rule_id):
             self._unload(rule_id)
             self._pending_rules.discard(rule_id)
-            await self._sync_subscriptions()
+            await self._sync_subscriptions({rule_id, *_watched(old)})
             return
         preferred = parent_hint or (old.parent if old else None)
         info = next((n for n in parents if n.parent == preferred), parents[0])
@@ -502,7 +516,7 @@ class RulesManager:
         # After indexing, so a watch the old runtime had and the new one keeps is not drained;
         # before seeding, so what is committed after the seed's read arrives as a change.
         self._pending_rules.discard(rule_id)
-        await self._sync_subscriptions()
+        await self._sync_subscriptions({rule_id, *_watched(old), *_watched(runtime)})
         trees: dict[str, TreeNode] = {}
         for cond in fresh:
             await self._seed(cond, now, trees)
@@ -566,6 +580,11 @@ class RulesManager:
         if watch.node not in trees:
             trees[watch.node] = await self.client.tree(watch.node)
         return [n for n in _walk(trees[watch.node]) if n.type not in ENGINE_TYPES]
+
+
+def _watched(runtime: RuleRuntime | None) -> set[str]:
+    """The nodes a rule's conditions watch (by name or as a subtree)."""
+    return {c.watch.node for c in runtime.conditions if c.watch.node} if runtime else set()
 
 
 async def _drain(subscription: Subscription) -> None:
