@@ -10,13 +10,10 @@ writer; the copying then overlaps with ingest on the second core.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -39,23 +36,23 @@ CATCH_UP_PASSES = 2
 
 class Checkpointer:
     """Checkpoints the WAL whenever the store has committed since the last checkpoint.
-    `async with Checkpointer(path, last_seq, interval_s, hold_writes)` runs it; leaving stops it
-    (the writer's final close checkpoints what is left). `hold_writes` is an async context
-    manager under which the store starts no transaction (its write lock)."""
+    `async with Checkpointer(...)` runs it; leaving stops it (the writer's final close
+    checkpoints what is left). `hold_writes` is the store's write lock: while it is held, the
+    store starts no transaction."""
 
     def __init__(
         self,
         path: str,
         last_seq: Callable[[], int],
+        hold_writes: asyncio.Lock,
         interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S,
-        hold_writes: AbstractAsyncContextManager[Any] | None = None,
         restart_wal_frames: int = DEFAULT_RESTART_WAL_FRAMES,
     ) -> None:
         self._path = path
         self._last_seq = last_seq
+        self._hold_writes = hold_writes
         self.interval_s = interval_s
         self.restart_wal_frames = restart_wal_frames
-        self._hold_writes = hold_writes or contextlib.nullcontext()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siot-store-checkpoint")
         self._db: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None

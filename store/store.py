@@ -156,8 +156,8 @@ class Store:
             self._checkpointer = Checkpointer(
                 self.config.path,
                 lambda: self.last_seq,
-                self.config.checkpoint_interval_s,
-                hold_writes=self._write_lock,
+                self._write_lock,
+                interval_s=self.config.checkpoint_interval_s,
                 restart_wal_frames=self.config.restart_wal_frames,
             )
             await self._checkpointer.__aenter__()
