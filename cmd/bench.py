@@ -35,9 +35,9 @@ from siot.api import OK_REPLY
 from siot.client import Client
 from siot.cmd.common import dumps
 from siot.codec import encode
-from siot.points import Point
+from siot.points import Point, encode_value
 from siot.store.schema import migrate
-from siot.store.writer import LOG_INSERT, NODE_UPSERT, connect, pack_value
+from siot.store.writer import LOG_INSERT, NODE_UPSERT, connect
 
 TARGET_BATCH_POINTS_S = 50_000
 TARGET_SINGLE_POINTS_S = 25_000
@@ -204,7 +204,7 @@ def make_workload(nodes: list[str], total: int, per_message: int) -> Workload:
             key = str((i // len(nodes)) % KEYS_PER_NODE) if per_message == 1 else str(i % KEYS_PER_NODE)
             point = Point(type="value", key=key, value=float(i), time=base_ns + i)
             batch.append(point.to_wire())
-            rows.append((node, point.type, point.key, point.time, pack_value(point.value), 0, ""))
+            rows.append((node, point.type, point.key, point.time, encode_value(point.value), 0, ""))
         messages.append((subjects.points(node), encode(batch)))
     return Workload(messages=messages, points=total, rows=rows)
 

@@ -39,8 +39,7 @@ from siot.cmd.bench import (
 from siot.cmd.common import dumps
 from siot.codec import encode
 from siot.errors import RequestFailed
-from siot.points import Point
-from siot.store.writer import pack_value
+from siot.points import Point, encode_value
 from siot.sync import protocol
 
 TARGET_POINTS_S = 20_000
@@ -125,7 +124,7 @@ async def sync_main(
         payload = encode([Point("temp", 1.0, time=t0).to_wire()])
         raw_publish = await raw_publish_msgs_s(cloud.nc, payload, min(backlog, 200_000))
         rows = [
-            (s, "temp", "0", t0 + i, pack_value(float(i)), 0, "") for i in range(per_node) for s in sensors
+            (s, "temp", "0", t0 + i, encode_value(float(i)), 0, "") for i in range(per_node) for s in sensors
         ]
         raw_sqlite = await asyncio.to_thread(raw_sqlite_rows_s, rows)
         return {

@@ -1,6 +1,7 @@
 """The point: siot's only unit of data, and the merge rule that decides between two of them.
 
-The merge rule lives here and nowhere else: the store, sync and the tests all call `supersedes`.
+The merge rule lives here: the tree, sync and the tests call `supersedes`/`merge_rank`, and the
+store's SQL upsert compares the same tuple over the same `encode_value` bytes.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ import re
 import time as _time
 from typing import Any, NamedTuple
 
+import msgpack
+
 from siot.errors import InvalidPoint
+
+_packb = msgpack.packb
 
 MAX_TOKEN_BYTES = 256
 INT64_MIN = -(2**63)
@@ -60,13 +65,45 @@ class Point(NamedTuple):
         }
 
 
-def supersedes(incoming_time: int, incoming_origin: str, stored_time: int, stored_origin: str) -> bool:
-    """The merge rule: the incoming point wins iff `(time, origin)` is greater as a tuple.
+def encode_value(value: PointValue) -> bytes:
+    """The value's msgpack encoding with map keys sorted: what the store keeps and what the merge
+    rule compares bytewise, so two replicas agree on it whatever order a map was built in."""
+    if type(value) is dict or type(value) is list:
+        value = _sorted_maps(value)
+    return _packb(value, use_bin_type=True)
 
-    Equal `(time, origin)` is a no-op, which makes applying the same point twice harmless and
-    lets sync apply changes in any order.
+
+def _sorted_maps(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_maps(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [_sorted_maps(v) for v in value]
+    return value
+
+
+MergeRank = tuple[int, str, bytes, int]
+# Below every real point: what an absent point compares as.
+NO_RANK: MergeRank = (-1, "", b"", 0)
+
+
+def merge_rank(p: Point, encoded: bytes | None = None) -> MergeRank:
+    """The tuple the merge rule compares (DESIGN §2): `(time, origin, encoded value, tombstone)`.
+
+    The value only breaks ties of equal `(time, origin)`, so two replicas that see the same
+    points in any order end with the same current value (as Cassandra breaks equal timestamps).
+    Pass `encoded` when the caller already has `encode_value(p.value)`.
     """
-    return (incoming_time, incoming_origin) > (stored_time, stored_origin)
+    return (p.time, p.origin, encode_value(p.value) if encoded is None else encoded, p.tombstone)
+
+
+def supersedes(incoming: Point, stored: Point | None) -> bool:
+    """The merge rule: the incoming point replaces the stored one iff its rank is greater.
+
+    An identical point is a no-op, which makes applying the same point twice harmless and lets
+    sync apply changes in any order. The store applies the same comparison in SQL
+    (store/writer.py), on the same encoding.
+    """
+    return merge_rank(incoming) > (NO_RANK if stored is None else merge_rank(stored))
 
 
 def check_token(token: Any, *, field: str, index: int | None = None, allow_empty: bool) -> str:

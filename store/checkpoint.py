@@ -105,6 +105,7 @@ class Checkpointer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         done_seq = -1
+        failing = False
         while True:
             await asyncio.sleep(self.interval_s)
             seq = self._last_seq()
@@ -116,5 +117,11 @@ class Checkpointer:
                     self.last_result = await self._restart_wal()
                 done_seq = seq
                 self.checkpointed.set()
-            except sqlite3.Error:
-                logger.exception("store: WAL checkpoint failed; will retry")
+                if failing:
+                    logger.info("store: WAL checkpoints work again")
+                    failing = False
+            except sqlite3.Error as exc:
+                # Once per failure streak (disk full, read-only file): retried every interval.
+                if not failing:
+                    logger.warning("store: WAL checkpoint failed (%s); will retry", exc)
+                    failing = True

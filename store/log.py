@@ -2,8 +2,8 @@
 full-state rows, per-node digests, and the per-peer cursor table.
 
 Reads use the store's reader connection (never blocking the writer). The one write here,
-`save_cursors`, runs on the store's writer thread, so it is serialised with group commits and
-nothing writes to SQLite behind the store's back.
+`save_cursors`, rides in the store's next group commit (`Store.stage`), so nothing writes to
+SQLite behind the store's back.
 """
 
 from __future__ import annotations
@@ -122,23 +122,14 @@ async def load_cursors(store: Store) -> Cursors:
     return {(peer, direction): int(seq) for peer, direction, seq in rows}
 
 
+SAVE_CURSOR = (
+    "INSERT INTO sync_cursors (peer, direction, seq, updated_ns) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (peer, direction) DO UPDATE SET seq = excluded.seq, updated_ns = excluded.updated_ns"
+)
+
+
 async def save_cursors(store: Store, cursors: Cursors, now_ns: int) -> None:
-    """Upsert cursors in one transaction on the store's writer thread."""
-    rows = [(peer, direction, seq, now_ns) for (peer, direction), seq in cursors.items()]
-
-    def write() -> None:
-        db = store._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                "INSERT INTO sync_cursors (peer, direction, seq, updated_ns) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (peer, direction) DO UPDATE SET seq = excluded.seq, "
-                "updated_ns = excluded.updated_ns",
-                rows,
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    await store._in_writer(write)
+    """Upsert cursors in the store's next group commit (no transaction of their own)."""
+    await store.stage(
+        SAVE_CURSOR, [(peer, direction, seq, now_ns) for (peer, direction), seq in cursors.items()]
+    )

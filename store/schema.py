@@ -9,7 +9,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from siot.store.writer import begin, rollback
+
 Migration = Callable[[sqlite3.Connection], None]
+MIGRATION_BUSY_WAIT_S = 5.0
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -94,7 +97,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     for name, fn in MIGRATIONS:
         if name in applied:
             continue
-        db.execute("BEGIN IMMEDIATE")
+        begin(db, MIGRATION_BUSY_WAIT_S)
         try:
             fn(db)
             db.execute(
@@ -103,7 +106,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         done.append(name)
     return done

@@ -13,11 +13,11 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +34,11 @@ from siot.errors import (
 )
 from siot.points import Point
 from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES, Checkpointer
+from siot.store.connection import WriteConnection
+from siot.store.files import check_database_file
 from siot.store.schema import migrate
 from siot.store.tree import NODE_TYPE, ROOT_PARENT, TOMBSTONE, EdgeState, Tree
-from siot.store.writer import WriteRows, apply_writes, connect, unpack_value
+from siot.store.writer import Bookkeeping, WriteRows, apply_writes, is_busy, unpack_value
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ PRUNE_CHUNK_ROWS = 50_000
 # on every commit (the GIL hand-over twice, a thread wake-up, a loop wake-up; ~100 µs, STACK.md).
 # Larger groups go to the writer thread so the loop keeps decoding the next batch meanwhile.
 INLINE_COMMIT_MAX_POINTS = 64
+# How long a commit waits, on the writer thread, for an outside connection that holds SQLite's
+# write lock before the group fails with "database is locked".
+BUSY_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -60,7 +65,9 @@ class Write:
     reply: str | None
     future: asyncio.Future[list[Point]]
     internal: bool = False
-    error: InvalidInput | None = None
+    # Why it was not stored: the tree refused it (`InvalidInput`) or its group's commit failed
+    # (`StoreError`). Commit listeners reply with it.
+    error: SiotError | None = None
 
     @property
     def node(self) -> str:
@@ -102,19 +109,19 @@ class Store:
         self.config = config
         self.tree = Tree()
         self.instance_id = ""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siot-store-writer")
-        self._db: Any = None
+        self._writer = WriteConnection()
         self._reader: aiosqlite.Connection | None = None
         # A deque and a wake-up event rather than asyncio.Queue: put/get on the hot path cost a
         # fraction, and the commit loop takes everything queued at once anyway.
         self._queue: deque[Write | None] = deque()
+        self._bookkeeping: list[tuple[Bookkeeping, asyncio.Future[None]]] = []
         self._queued = asyncio.Event()
         self._listeners: list[CommitListener] = []
         self._next_seq = 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._checkpointer: Checkpointer | None = None
         self._closing = False
-        self._write_lock = asyncio.Lock()
+        self._last_stamp = 0  # the newest time given to a time-0 point (see `_stamp_base`)
         # Transactions and the writes they carried: their ratio is the group size, which decides
         # what a commit costs per write (siot.stats; `siot bench` reports it).
         self.commits = 0
@@ -133,9 +140,6 @@ class Store:
         """Sequence number of the newest committed log entry (0 when the log is empty)."""
         return self._next_seq - 1
 
-    async def _in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def __aenter__(self) -> Store:
         await self.open()
         return self
@@ -146,8 +150,9 @@ class Store:
     async def open(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.config.path)), exist_ok=True)
         try:
-            self._db = await self._in_writer(connect, self.config.path, self.config.synchronous.upper())
-            applied = await self._in_writer(migrate, self._db)
+            check_database_file(self.config.path)
+            await self._writer.open(self.config.path, self.config.synchronous.upper())
+            applied = await self._writer.run(migrate)
             if applied:
                 logger.info("store %s: applied migrations %s", self.config.path, ", ".join(applied))
             self._reader = await aiosqlite.connect(self.config.path)
@@ -156,7 +161,7 @@ class Store:
             self._checkpointer = Checkpointer(
                 self.config.path,
                 lambda: self.last_seq,
-                self._write_lock,
+                self._writer.held,
                 interval_s=self.config.checkpoint_interval_s,
                 restart_wal_frames=self.config.restart_wal_frames,
             )
@@ -165,6 +170,12 @@ class Store:
             await self._close_connections()
             if isinstance(exc, SiotError):
                 raise
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                raise StoreError(
+                    f"the database file {self.config.path} is damaged ({exc}). siot will not start "
+                    "on it and has not changed it: restore it from a backup, or move it away to "
+                    "start an empty database"
+                ) from exc
             raise StoreError(f"cannot open store {self.config.path}: {exc}") from exc
         self._spawn(self._commit_loop(), "commit loop")
         self._spawn(self._retention_loop(), "retention")
@@ -188,22 +199,23 @@ class Store:
             )
         self.instance_id = stored_id or wanted or str(uuid.uuid4())
         if not stored_id:
-            await self._in_writer(
-                self._db.execute, "INSERT INTO meta VALUES ('instance_id', ?)", (self.instance_id,)
+            await self._writer.run(
+                _execute, "INSERT INTO meta VALUES ('instance_id', ?)", (self.instance_id,)
             )
         edges: dict[tuple[str, str], EdgeState] = {}
         query = (
-            "SELECT parent, node, type, time, origin, value FROM edge_points "
+            "SELECT parent, node, type, time, origin, value, tombstone FROM edge_points "
             "WHERE type IN (?, ?) AND key = '0'"
         )
         async with self._reader.execute(query, (NODE_TYPE, TOMBSTONE)) as cur:
-            async for parent, node, ptype, t, origin, blob in cur:
+            async for parent, node, ptype, t, origin, blob, tombstone in cur:
                 state = edges.setdefault((parent, node), EdgeState())
-                edges[(parent, node)] = state.merged(
-                    [Point(type=ptype, key="0", time=t, origin=origin, value=unpack_value(blob))]
-                )
+                point = Point(ptype, unpack_value(blob), "0", t, tombstone, origin)
+                edges[(parent, node)] = state.merged([point])
+        tree = Tree()
         for (parent, node), state in edges.items():
-            self.tree.set_edge(parent, node, state)
+            tree.set_edge(parent, node, state)
+        self.tree = tree  # swapped whole: a reload never shows readers a half-built tree
         async with self._reader.execute("SELECT COALESCE(MAX(seq), 0) FROM point_log") as cur:
             (last,) = await cur.fetchone()  # type: ignore[misc]
         self._next_seq = last + 1
@@ -243,24 +255,40 @@ class Store:
         via: str = "",
         provenance: list[tuple[str, int]] | None = None,
         internal: bool = False,
-        history: bool = False,
     ) -> asyncio.Future[list[Point]]:
-        """Queue a write; the future resolves to the points that changed, after commit, or raises
-        `InvalidInput` if the tree refuses it. `parent` set means edge points of parent -> node.
-        `history` (sync): also log, once, points that lose the merge (a peer's older values)."""
+        """Queue a write; the future resolves to the points that changed the current value, after
+        commit, or raises `InvalidInput` if the tree refuses it or `StoreError` if the commit
+        failed. `parent` set means edge points of parent -> node. Every distinct point is logged
+        (history), winner or not."""
         if self._closing:
             raise StoreError("store is closing")
         future: asyncio.Future[list[Point]] = asyncio.get_running_loop().create_future()
-        rows = WriteRows(
-            node=node, parent=parent, points=points, via=via, provenance=provenance, history=history
-        )
+        rows = WriteRows(node=node, parent=parent, points=points, via=via, provenance=provenance)
         self._queue.append(Write(rows=rows, reply=reply, future=future, internal=internal))
         self._queued.set()
         return future
 
+    def stage(self, sql: str, rows: list[tuple[Any, ...]]) -> asyncio.Future[None]:
+        """Run `sql` for each of `rows` in the next group commit's transaction (the store's own
+        bookkeeping, e.g. sync cursors): no second transaction on the write connection, and no
+        extra commit when writes are flowing. Resolves after commit; raises `StoreError` if the
+        commit failed."""
+        if self._closing:
+            raise StoreError("store is closing")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._bookkeeping.append((Bookkeeping(sql, rows), future))
+        self._queued.set()
+        return future
+
+    def _stamp_base(self, count: int) -> int:
+        """The first of `count` consecutive stamps for time-0 points: the wall clock, but never
+        at or below a stamp already given, so stamped points keep increasing even when the clock
+        steps back (NTP, an RTC-less gateway at boot) and a later write still wins the merge."""
+        base = max(time.time_ns(), self._last_stamp + 1)
+        self._last_stamp = base + count - 1
+        return base
+
     def _check(self, write: Write, now_ns: int) -> None:
-        """Check one write against the tree as it stands after the writes before it, stamp its
-        times, and apply its edge changes to the tree. Raises `InvalidInput`."""
         rows = write.rows
         if any(p.time == 0 for p in rows.points):
             rows.points = [p.stamped(now_ns) for p in rows.points]
@@ -289,7 +317,7 @@ class Store:
         queue = self._queue
         max_points = self.config.max_commit_points
         while True:
-            if not queue:
+            if not queue and not self._bookkeeping:
                 self._queued.clear()
                 await self._queued.wait()
             writes: list[Write] = []
@@ -297,43 +325,49 @@ class Store:
             while queue and count < max_points:
                 write = queue.popleft()
                 if write is None:
-                    if writes:
-                        await self._commit(writes)
+                    await self._commit(writes)
                     return
                 writes.append(write)
                 count += len(write.rows.points)
             await self._commit(writes)
 
     async def _commit(self, writes: list[Write]) -> None:
-        now_ns = time.time_ns()
+        """Commit one group: check each write against the tree, apply the accepted ones and the
+        staged bookkeeping in one transaction, then resolve every future and tell the listeners.
+        A failed transaction fails every accepted write of the group with a `StoreError` (the
+        listeners reply with it) and reloads the tree from disk, so memory matches the file."""
+        staged, self._bookkeeping = self._bookkeeping, []
+        if not writes and not staged:
+            return
+        now_ns = self._stamp_base(len(writes))
         accepted: list[Write] = []
         for offset, write in enumerate(writes):
             try:
                 # One stamp per write, in arrival order: two time-0 writes of the same point in
-                # one group would otherwise tie, and a tie is a no-op under the merge rule, so the
-                # later value would be dropped.
+                # one group would otherwise tie on (time, origin) and only the value would decide.
                 self._check(write, now_ns + offset)
             except InvalidInput as exc:
                 write.error = exc
             else:
                 accepted.append(write)
-        if accepted:
+        failure: StoreError | None = None
+        if accepted or staged:
             try:
-                self._next_seq = await self._apply([w.rows for w in accepted])
+                self._next_seq = await self._apply([w.rows for w in accepted], [b for b, _ in staged])
                 self.commits += 1
                 self.committed_writes += len(accepted)
             except Exception as exc:
-                logger.exception("store: commit of %d writes failed; reloading the tree", len(accepted))
-                error = StoreError(f"commit failed: {exc}")
+                failure = _commit_error(exc)
+                logger.error("store: commit of %d writes failed: %s", len(accepted), failure)
                 for write in accepted:
-                    if not write.future.done():
-                        write.future.set_exception(error)
-                self.tree = Tree()
-                await self._load()
-                return
+                    write.error = failure
+                await self._load()  # the tree took the group's edge changes; the file did not
+        for _, future in staged:
+            if failure is None:
+                future.set_result(None)
+            else:
+                future.set_exception(failure)
         for write in writes:
-            if write.future.done():
-                continue
             if write.error is not None:
                 write.future.set_exception(write.error)
                 write.future.exception()  # a failed write nobody awaits must not warn at exit
@@ -345,13 +379,19 @@ class Store:
             except Exception:
                 logger.exception("store: commit listener %r failed", listener)
 
-    async def _apply(self, rows: list[WriteRows]) -> int:
-        """Run one group's transaction (inline when small, see INLINE_COMMIT_MAX_POINTS); the lock
-        keeps it from interleaving with other work on the write connection (retention)."""
-        async with self._write_lock:
-            if sum(len(r.points) for r in rows) <= INLINE_COMMIT_MAX_POINTS:
-                return apply_writes(self._db, rows, self.instance_id, self._next_seq)
-            return await self._in_writer(apply_writes, self._db, rows, self.instance_id, self._next_seq)
+    async def _apply(self, rows: list[WriteRows], bookkeeping: list[Bookkeeping]) -> int:
+        """Run one group's transaction on the write connection. A small group runs inline (see
+        INLINE_COMMIT_MAX_POINTS) without waiting for SQLite's lock, so an outside connection
+        holding it can never block the event loop; then, and for large groups, it runs on the
+        writer thread, which waits up to BUSY_WAIT_S for the lock."""
+        args = (rows, self.instance_id, self._next_seq, bookkeeping)
+        if sum(len(r.points) for r in rows) <= INLINE_COMMIT_MAX_POINTS:
+            try:
+                return await self._writer.run(apply_writes, *args, 0.0, inline=True)
+            except Exception as exc:
+                if not is_busy(exc):
+                    raise
+        return await self._writer.run(apply_writes, *args, BUSY_WAIT_S)
 
     async def _retention_loop(self) -> None:
         while True:
@@ -372,15 +412,15 @@ class Store:
         cutoff_ns = (now_ns or time.time_ns()) - int(self.config.retention_days * 86400e9)
         min_seq = self._next_seq - self.config.retention_max_rows
 
-        def prune() -> int:
-            row = self._db.execute(
+        def prune(db: sqlite3.Connection) -> int:
+            row = db.execute(
                 "SELECT seq FROM point_log WHERE time >= ? AND seq >= ? ORDER BY seq LIMIT 1",
                 (cutoff_ns, min_seq),
             ).fetchone()
             keep_from = row[0] if row else self._next_seq
             removed = 0
             while True:
-                cur = self._db.execute(
+                cur = db.execute(
                     "DELETE FROM point_log WHERE seq IN "
                     "(SELECT seq FROM point_log WHERE seq < ? ORDER BY seq LIMIT ?)",
                     (keep_from, PRUNE_CHUNK_ROWS),
@@ -389,8 +429,7 @@ class Store:
                 if cur.rowcount < PRUNE_CHUNK_ROWS:
                     return removed
 
-        async with self._write_lock:
-            removed = await self._in_writer(prune)
+        removed = await self._writer.run(prune)
         if removed:
             logger.info("store: retention removed %d log entries", removed)
         return removed
@@ -459,10 +498,26 @@ class Store:
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        if self._db is not None:
-            await self._in_writer(self._db.close)
-            self._db = None
-        self._executor.shutdown(wait=True)
+        await self._writer.close()
+
+
+def _execute(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
+    db.execute(sql, params)
+
+
+def _commit_error(exc: Exception) -> StoreError:
+    """What a sender is told when its group's transaction failed: the cause in plain words."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError("commit failed: the disk is full; nothing of this write was stored")
+    if code == sqlite3.SQLITE_READONLY:
+        return StoreError("commit failed: the database file is read-only; nothing of this write was stored")
+    if is_busy(exc):
+        return StoreError(
+            f"commit failed: another process held the database lock for over {BUSY_WAIT_S:g} s; "
+            "nothing of this write was stored"
+        )
+    return StoreError(f"commit failed: {exc}; nothing of this write was stored")
 
 
 def _row_point(row: tuple[Any, ...]) -> Point:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from siot.points import Point, supersedes
+from siot.points import NO_RANK, MergeRank, Point, merge_rank
 
 ROOT_PARENT = "root"
 NODE_TYPE = "nodeType"
@@ -19,23 +19,27 @@ TOMBSTONE = "tombstone"
 @dataclass(slots=True)
 class EdgeState:
     """What the tree needs of one edge: its node type and whether it is deleted, with the
-    (time, origin) of each so edge writes can be merged here exactly as the store merges them."""
+    merge rank of each so edge writes can be merged here exactly as the store merges them."""
 
     node_type: str = ""
-    type_stamp: tuple[int, str] = (-1, "")
+    type_stamp: MergeRank = NO_RANK
     deleted: bool = False
-    deleted_stamp: tuple[int, str] = (-1, "")
+    deleted_stamp: MergeRank = NO_RANK
 
     def merged(self, points: list[Point]) -> EdgeState:
         """Return the state after `points` are merged in (self is left unchanged)."""
         state = EdgeState(self.node_type, self.type_stamp, self.deleted, self.deleted_stamp)
         for p in points:
-            if p.type == NODE_TYPE and supersedes(p.time, p.origin, *state.type_stamp):
-                state.node_type = p.value if isinstance(p.value, str) else str(p.value)
-                state.type_stamp = (p.time, p.origin)
-            elif p.type == TOMBSTONE and supersedes(p.time, p.origin, *state.deleted_stamp):
-                state.deleted = bool(p.value) and p.value not in (0, "0")
-                state.deleted_stamp = (p.time, p.origin)
+            if p.type == NODE_TYPE:
+                rank = merge_rank(p)
+                if rank > state.type_stamp:
+                    state.node_type = p.value if isinstance(p.value, str) else str(p.value)
+                    state.type_stamp = rank
+            elif p.type == TOMBSTONE:
+                rank = merge_rank(p)
+                if rank > state.deleted_stamp:
+                    state.deleted = bool(p.value) and p.value not in (0, "0")
+                    state.deleted_stamp = rank
         return state
 
     @property

@@ -8,18 +8,22 @@ what makes batching pay (aiosqlite's per-call overhead is ~100 µs, STACK.md).
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass, field
 
 import msgpack
 
-from siot.points import Point
+from siot.points import Point, encode_value
 
+# The merge rule (DESIGN §2, siot.points.merge_rank) in SQL: replace iff (time, origin, encoded
+# value, tombstone) is greater. SQLite compares the value BLOBs bytewise, like Python's bytes.
 NODE_UPSERT = """
 INSERT INTO points (node, type, key, time, value, tombstone, origin) VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (node, type, key) DO UPDATE SET
     time = excluded.time, value = excluded.value, tombstone = excluded.tombstone,
     origin = excluded.origin
-WHERE (excluded.time, excluded.origin) > (points.time, points.origin)
+WHERE (excluded.time, excluded.origin, excluded.value, excluded.tombstone)
+    > (points.time, points.origin, points.value, points.tombstone)
 """
 
 EDGE_UPSERT = """
@@ -28,7 +32,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (parent, node, type, key) DO UPDATE SET
     time = excluded.time, value = excluded.value, tombstone = excluded.tombstone,
     origin = excluded.origin
-WHERE (excluded.time, excluded.origin) > (edge_points.time, edge_points.origin)
+WHERE (excluded.time, excluded.origin, excluded.value, excluded.tombstone)
+    > (edge_points.time, edge_points.origin, edge_points.value, edge_points.tombstone)
 """
 
 LOG_INSERT = """
@@ -39,10 +44,6 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 
 WAL_SIZE_LIMIT_BYTES = 128 * 1024 * 1024  # a longer WAL is truncated to this when it starts over
-
-
-def pack_value(value: object) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
 
 
 def unpack_value(blob: bytes | None) -> object:
@@ -59,108 +60,134 @@ class WriteRows:
     via: str = ""
     # Where each point was first accepted (sync passes the peer's); None = here, now.
     provenance: list[tuple[str, int]] | None = None
-    # Sync sets this: a point that loses the merge is still history (a value a peer held while
-    # apart), so it is logged, once, without changing the current value or fanning out.
-    history: bool = False
-    changed: list[Point] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)
+    changed: list[Point] = field(default_factory=list)  # the points that won the merge
+
+
+@dataclass(slots=True)
+class Bookkeeping:
+    """Rows of the store's own state (sync cursors, …) that ride in the next group commit's
+    transaction instead of opening one of their own: one statement, many parameter rows."""
+
+    sql: str
+    rows: list[tuple[object, ...]]
 
 
 def connect(path: str, synchronous: str) -> sqlite3.Connection:
-    """Open a connection in autocommit mode (we issue BEGIN/COMMIT) with WAL."""
+    """Open a connection in autocommit mode (we issue BEGIN/COMMIT) with WAL.
+
+    `busy_timeout` is 0: SQLite's own wait would block whichever thread runs the commit, the
+    event loop's included; `begin` waits instead, on the writer thread (see `Store._apply`).
+    """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=0")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute("PRAGMA foreign_keys=OFF")
-    db.execute("PRAGMA busy_timeout=5000")
     db.execute("PRAGMA wal_autocheckpoint=0")  # store/checkpoint.py does it off the write path
     db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     return db
 
 
+BUSY_RETRY_S = 0.005
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY: another connection (an outside reader's write transaction) holds the lock."""
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def begin(db: sqlite3.Connection, wait_s: float) -> None:
+    """BEGIN IMMEDIATE, retrying for up to `wait_s` while another connection holds the write
+    lock; raises the SQLITE_BUSY error after that (nothing has been written yet)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(BUSY_RETRY_S)
+
+
+# Is this exact point (value and tombstone included) in the log already? Uses the history index.
 LOGGED = """
-SELECT 1 FROM point_log WHERE node = ? AND type = ? AND key = ? AND time = ? AND parent = ? AND origin = ?
+SELECT 1 FROM point_log WHERE node = ? AND parent = ? AND type = ? AND key = ? AND time = ?
+    AND value = ? AND tombstone = ? AND origin = ?
 LIMIT 1
 """
 
 
-def _not_logged(db: sqlite3.Connection, write: WriteRows, p: Point) -> bool:
-    """True if the log has no entry for this exact (point, time, origin) yet (history index)."""
-    args = (write.node, p.type, p.key, p.time, write.parent, p.origin)
-    return db.execute(LOGGED, args).fetchone() is None
+def apply_writes(
+    db: sqlite3.Connection,
+    writes: list[WriteRows],
+    instance: str,
+    next_seq: int,
+    bookkeeping: list[Bookkeeping] = (),  # type: ignore[assignment]
+    busy_wait_s: float = 0.0,
+) -> int:
+    """Merge every write's points in one transaction, log every distinct point (DESIGN §2:
+    history keeps every reading, winner or not), run the bookkeeping; return the next seq.
 
+    A point that wins the merge goes to `changed` (and is fanned out later). One that loses is
+    still logged unless the log already has it exactly (a duplicate: a redelivery, a resend),
+    which is the one case where a write is a no-op. A winner is never in the log yet: the
+    current value outranks everything logged for its identity.
 
-def apply_writes(db: sqlite3.Connection, writes: list[WriteRows], instance: str, next_seq: int) -> int:
-    """Merge every write's points in one transaction and log those that won (and, for `history`
-    writes, those that lost but were never logged); return next seq.
-
-    Fills `changed` (the winners) and `seqs` (every logged point) on each write. On any SQLite
-    error the transaction is rolled back and the error propagates: nothing of the group is
-    stored, and the caller fails every write.
+    On any SQLite error the transaction is rolled back and the error propagates: nothing of the
+    group is stored, and the caller fails every write.
     """
-    db.execute("BEGIN IMMEDIATE")
+    begin(db, busy_wait_s)
     try:
         log_rows = []
+        # What this group logs; the log rows are inserted together at the end, so the LOGGED
+        # query cannot see them yet.
+        logged_here: set[tuple[object, ...]] = set()
         # One cursor for the whole group: `Connection.execute` makes a new cursor per call, which
         # cost ~4 µs of the ~10 µs a single upsert takes from Python.
-        execute = db.cursor().execute
+        cursor = db.cursor()
+        execute = cursor.execute
         for write in writes:
             changed = write.changed
+            node, parent = write.node, write.parent
             for index, p in enumerate(write.points):
                 before = db.total_changes
-                blob = pack_value(p.value)
-                if write.parent:
-                    execute(
-                        EDGE_UPSERT,
-                        (
-                            write.parent,
-                            write.node,
-                            p.type,
-                            p.key,
-                            p.time,
-                            blob,
-                            p.tombstone,
-                            p.origin,
-                        ),
-                    )
+                blob = encode_value(p.value)
+                if parent:
+                    execute(EDGE_UPSERT, (parent, node, p.type, p.key, p.time, blob, p.tombstone, p.origin))
                 else:
-                    execute(
-                        NODE_UPSERT,
-                        (write.node, p.type, p.key, p.time, blob, p.tombstone, p.origin),
-                    )
-                if db.total_changes == before:
-                    if not (write.history and _not_logged(db, write, p)):
-                        continue
-                else:
+                    execute(NODE_UPSERT, (node, p.type, p.key, p.time, blob, p.tombstone, p.origin))
+                identity = (node, parent, p.type, p.key, p.time, blob, p.tombstone, p.origin)
+                if db.total_changes != before:
                     changed.append(p)
+                elif identity in logged_here or execute(LOGGED, identity).fetchone():
+                    continue
+                logged_here.add(identity)
                 seq = next_seq
                 next_seq += 1
-                write.seqs.append(seq)
                 src_instance, src_seq = write.provenance[index] if write.provenance else (instance, seq)
-                log_rows.append(
-                    (
-                        seq,
-                        write.node,
-                        write.parent,
-                        p.type,
-                        p.key,
-                        p.time,
-                        blob,
-                        p.tombstone,
-                        p.origin,
-                        src_instance,
-                        src_seq,
-                        write.via,
-                    )
-                )
+                log_rows.append((seq, *identity, src_instance, src_seq, write.via))
         if log_rows:
-            db.executemany(LOG_INSERT, log_rows)
+            cursor.executemany(LOG_INSERT, log_rows)
+        for item in bookkeeping:
+            cursor.executemany(item.sql, item.rows)
         db.execute("COMMIT")
     except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        rollback(db)
         for write in writes:
             write.changed.clear()
-            write.seqs.clear()
         raise
     return next_seq
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """Roll back an open transaction. SQLite may have rolled it back already (SQLITE_FULL and
+    I/O errors can), and a failing ROLLBACK must not hide the error that caused it."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

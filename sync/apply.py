@@ -34,13 +34,10 @@ class Applied:
 PendingWrite = tuple[asyncio.Future[list[Point]], int]
 
 
-def submit_rows(
-    store: Store, rows: list[SyncRow], *, via: str, fallback_instance: str, history: bool = True
-) -> list[PendingWrite]:
+def submit_rows(store: Store, rows: list[SyncRow], *, via: str, fallback_instance: str) -> list[PendingWrite]:
     """Queue `rows` as store writes (one per run of rows of the same node or edge); return each
     write's future and its row count. Rows without provenance are credited to `fallback_instance`.
-    `history`: log rows carry history, so values that lose the merge are still logged (once);
-    full-state rows (repair) do not."""
+    The store logs every distinct row, winner or not (history keeps every reading), once."""
     pending: list[PendingWrite] = []
     start = 0
     while start < len(rows):
@@ -55,7 +52,6 @@ def submit_rows(
             parent=first.parent,
             via=via,
             provenance=[(r.instance or fallback_instance, r.instance_seq) for r in run],
-            history=history,
         )
         pending.append((future, len(run)))
         start = end
@@ -79,9 +75,5 @@ async def collect(pending: list[PendingWrite]) -> Applied:
     return result
 
 
-async def apply_rows(
-    store: Store, rows: list[SyncRow], *, via: str, fallback_instance: str, history: bool = True
-) -> Applied:
-    return await collect(
-        submit_rows(store, rows, via=via, fallback_instance=fallback_instance, history=history)
-    )
+async def apply_rows(store: Store, rows: list[SyncRow], *, via: str, fallback_instance: str) -> Applied:
+    return await collect(submit_rows(store, rows, via=via, fallback_instance=fallback_instance))

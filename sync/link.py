@@ -413,10 +413,8 @@ class UpstreamLink:
         self._down_ack = ack
         return total
 
-    async def apply(self, rows: list[protocol.SyncRow], *, history: bool = True) -> None:
-        applied = await apply_rows(
-            self.store, rows, via=self.upstream_id, fallback_instance=self.upstream_id, history=history
-        )
+    async def apply(self, rows: list[protocol.SyncRow]) -> None:
+        applied = await apply_rows(self.store, rows, via=self.upstream_id, fallback_instance=self.upstream_id)
         self.status.received += len(rows)
         if applied.errors:
             message = "rows from upstream refused here: " + "; ".join(applied.errors)

@@ -218,8 +218,7 @@ class SyncServer:
             to = _int_field(request, "to", None)
             rows = protocol.decode_rows(request.get("rows", []))
             # Queued here, inside the callback, so windows commit in arrival order.
-            history = not request.get("state", False)
-            pending = submit_rows(self.store, rows, via=edge, fallback_instance=edge, history=history)
+            pending = submit_rows(self.store, rows, via=edge, fallback_instance=edge)
         except InvalidInput as exc:
             await self._fail(msg, edge, exc)
             return

@@ -40,7 +40,7 @@ class VerifiedLink(Protocol):
 
     async def request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]: ...
 
-    async def apply(self, rows: list[protocol.SyncRow], *, history: bool = True) -> None: ...
+    async def apply(self, rows: list[protocol.SyncRow]) -> None: ...
 
     async def catch_up(self) -> int: ...
 
@@ -107,7 +107,7 @@ async def repair(link: VerifiedLink, differ: list[str]) -> None:
         reply = await link.request(protocol.state(link.edge_id), {"nodes": chunk})
         state = protocol.decode_rows(reply.get("rows", []))
         if state:
-            await link.apply(state, history=False)
+            await link.apply(state)
 
 
 async def _ship_state(link: VerifiedLink, rows: list[LogRow]) -> None:
@@ -115,5 +115,5 @@ async def _ship_state(link: VerifiedLink, rows: list[LogRow]) -> None:
     max_rows, max_bytes = link.window
     while rows:
         window = protocol.take_window(rows, max_rows, max_bytes)
-        await link.request(subject, {"rows": protocol.encode_rows(window), "state": True})
+        await link.request(subject, {"rows": protocol.encode_rows(window)})
         rows = rows[len(window) :]
