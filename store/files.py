@@ -17,13 +17,20 @@ HEADER_BYTES = 100
 
 
 def check_database_file(path: str) -> None:
-    """Raise `StoreError` if `path` exists but is not a complete SQLite database.
+    """Raise `StoreError` if `path` is on a read-only filesystem, or exists but is not a
+    complete SQLite database.
 
     A missing file, or an empty one with no write-ahead log beside it (a first start killed
     before SQLite wrote anything), is a new database. The size check against the header's page
     count runs only when there is no WAL: with one, an interrupted checkpoint may legitimately
     have written page 1 before the pages after it, and the WAL still holds them.
     """
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        raise StoreError(
+            f"the data directory {directory} is on a read-only filesystem: siot must write its "
+            "database there; remount it read-write or choose another --data directory"
+        )
     if not os.path.exists(path):
         return
     size = os.path.getsize(path)

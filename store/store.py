@@ -54,7 +54,7 @@ PRUNE_CHUNK_ROWS = 50_000
 INLINE_COMMIT_MAX_POINTS = 64
 # How long a commit waits, on the writer thread, for an outside connection that holds SQLite's
 # write lock before the group fails with "database is locked".
-BUSY_WAIT_S = 5.0
+DEFAULT_BUSY_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -96,6 +96,7 @@ class StoreConfig:
     retention_check_s: float = DEFAULT_RETENTION_CHECK_S
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
     restart_wal_frames: int = DEFAULT_RESTART_WAL_FRAMES
+    busy_wait_s: float = DEFAULT_BUSY_WAIT_S
     description: str = field(default_factory=socket.gethostname)
 
 
@@ -357,7 +358,7 @@ class Store:
                 self.commits += 1
                 self.committed_writes += len(accepted)
             except Exception as exc:
-                failure = _commit_error(exc)
+                failure = _commit_error(exc, self.config.busy_wait_s)
                 logger.error("store: commit of %d writes failed: %s", len(accepted), failure)
                 for write in accepted:
                     write.error = failure
@@ -383,7 +384,7 @@ class Store:
         """Run one group's transaction on the write connection. A small group runs inline (see
         INLINE_COMMIT_MAX_POINTS) without waiting for SQLite's lock, so an outside connection
         holding it can never block the event loop; then, and for large groups, it runs on the
-        writer thread, which waits up to BUSY_WAIT_S for the lock."""
+        writer thread, which waits up to `busy_wait_s` for the lock."""
         args = (rows, self.instance_id, self._next_seq, bookkeeping)
         if sum(len(r.points) for r in rows) <= INLINE_COMMIT_MAX_POINTS:
             try:
@@ -391,7 +392,7 @@ class Store:
             except Exception as exc:
                 if not is_busy(exc):
                     raise
-        return await self._writer.run(apply_writes, *args, BUSY_WAIT_S)
+        return await self._writer.run(apply_writes, *args, self.config.busy_wait_s)
 
     async def _retention_loop(self) -> None:
         while True:
@@ -505,7 +506,7 @@ def _execute(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
     db.execute(sql, params)
 
 
-def _commit_error(exc: Exception) -> StoreError:
+def _commit_error(exc: Exception, busy_wait_s: float) -> StoreError:
     """What a sender is told when its group's transaction failed: the cause in plain words."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL:
@@ -514,7 +515,7 @@ def _commit_error(exc: Exception) -> StoreError:
         return StoreError("commit failed: the database file is read-only; nothing of this write was stored")
     if is_busy(exc):
         return StoreError(
-            f"commit failed: another process held the database lock for over {BUSY_WAIT_S:g} s; "
+            f"commit failed: another process held the database lock for over {busy_wait_s:g} s; "
             "nothing of this write was stored"
         )
     return StoreError(f"commit failed: {exc}; nothing of this write was stored")
