@@ -10,6 +10,7 @@ from siot.app import ServeConfig, run
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT
 from siot.errors import SiotError
 from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S
+from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
 
 
 @click.command()
@@ -114,6 +115,27 @@ from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S
     help="Seconds between WAL checkpoints, which copy committed pages into the database file and "
     "fsync it. The fsync briefly holds up commits, less so the smaller the checkpoint; a longer "
     "interval writes hot pages less often (e.g. on SD cards).",
+)
+@click.option(
+    "--max-queued-points",
+    envvar="SIOT_MAX_QUEUED_POINTS",
+    default=DEFAULT_MAX_QUEUED_POINTS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Points waiting to be stored, at most. Past it a write is refused: a request gets "
+    "{'error': 'busy: ...; retry in a moment'}, a publish without reply is dropped and counted "
+    "(siot stats: busyRefused, busyDropped). Bounds memory under a flood.",
+)
+@click.option(
+    "--max-future",
+    "max_future_s",
+    envvar="SIOT_MAX_FUTURE",
+    default=DEFAULT_MAX_FUTURE_S,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a point's time may be ahead of this instance's clock. A point stamped further "
+    "ahead is refused with an error naming it (a device with a wrong clock would otherwise own "
+    "the point's current value until that time).",
 )
 @click.option(
     "--upstream",

@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription
 
 from siot import subjects
 from siot.codec import DEFAULT_MAX_BATCH_POINTS, decode_points, decode_request, encode
-from siot.errors import InvalidInput, SiotError, UnknownNode
+from siot.errors import InvalidInput, SiotError, StoreBusy, UnknownNode
 from siot.outbox import Outbox
 from siot.points import Point
 from siot.store import ROOT_PARENT, Store, Write
@@ -33,6 +33,7 @@ DEFAULT_HISTORY_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 1_000_000
 SUBSCRIPTION_PENDING_MSGS = 1_000_000
 SUBSCRIPTION_PENDING_BYTES = 512 * 1024 * 1024
+BUSY_LOG_INTERVAL_S = 10.0
 
 # Checks a decoded batch before it is stored: (node, parent, points); raises `InvalidInput`
 # (usually `InvalidPoint`) to refuse the whole batch. Runs on the hot path: keep it cheap.
@@ -64,6 +65,11 @@ class Api:
         # tests can tell "answers requests" from "fully running".
         self.ready = False
         self.accepted_points = 0
+        # Writes refused because the store's queue was full: with a reply subject the sender was
+        # told "busy"; without one they are dropped (like nats-server's slow-consumer count).
+        self.busy_refused = 0
+        self.busy_dropped = 0
+        self._busy_logged_at = 0.0
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
         self._validators: list[Validator] = []
@@ -120,8 +126,27 @@ class Api:
             self.store.submit(node, batch, parent=parent, reply=msg.reply or None)
         except InvalidInput as exc:
             await self._reply_error(msg, node, exc)
+        except StoreBusy as exc:
+            await self._refuse_busy(msg, exc)
         except SiotError as exc:  # store closing: tell the sender, so it can retry elsewhere
             await self._reply_error(msg, node, exc)
+
+    async def _refuse_busy(self, msg: Msg, exc: StoreBusy) -> None:
+        """Not bad input, and it comes in floods: counted apart, logged at most every 10 s."""
+        if msg.reply:
+            self.busy_refused += 1
+            await self.nc.publish(msg.reply, encode({"error": str(exc)}))
+        else:
+            self.busy_dropped += 1
+        now = time.monotonic()
+        if now - self._busy_logged_at >= BUSY_LOG_INTERVAL_S:
+            self._busy_logged_at = now
+            logger.warning(
+                "api: %s (so far %d writes refused with a reply, %d dropped without one)",
+                exc,
+                self.busy_refused,
+                self.busy_dropped,
+            )
 
     async def _on_commit(self, writes: list[Write]) -> None:
         """Ack every write of a committed group, then fan out what changed: the whole group's
@@ -242,6 +267,8 @@ class Api:
                 "commits": self.store.commits,
                 "committedWrites": self.store.committed_writes,
                 "acceptedPoints": self.accepted_points,
+                "busyRefused": self.busy_refused,
+                "busyDropped": self.busy_dropped,
                 "errors": dict(self.errors),
                 "nodes": len(self.store.tree.parents),
             }

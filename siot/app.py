@@ -29,6 +29,7 @@ from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PO
 from siot.client import Client
 from siot.store import Store, StoreConfig
 from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S
+from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class ServeConfig:
     retention_days: float = 365.0
     retention_max_rows: int = 20_000_000
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    max_queued_points: int = DEFAULT_MAX_QUEUED_POINTS
+    max_future_s: float = DEFAULT_MAX_FUTURE_S
     upstream: str | None = None
     upstream_parent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +170,8 @@ class App:
                 retention_days=cfg.retention_days,
                 retention_max_rows=cfg.retention_max_rows,
                 checkpoint_interval_s=cfg.checkpoint_interval_s,
+                max_queued_points=cfg.max_queued_points,
+                max_future_s=cfg.max_future_s,
             )
         )
         url = cfg.nats_url

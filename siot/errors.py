@@ -77,6 +77,10 @@ class StoreError(SiotError):
     """SQLite failed; the original exception is the `__cause__`."""
 
 
+class StoreBusy(SiotError):
+    """The store's queue is full: the write was not taken; retry after a short pause."""
+
+
 class BrokerError(SiotError):
     """The embedded nats-server is missing, misconfigured or would not start."""
 

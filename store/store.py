@@ -26,9 +26,11 @@ import aiosqlite
 from siot.errors import (
     CycleRefused,
     InvalidInput,
+    InvalidPoint,
     InvalidSubject,
     RootProtected,
     SiotError,
+    StoreBusy,
     StoreError,
     UnknownNode,
 )
@@ -55,6 +57,16 @@ INLINE_COMMIT_MAX_POINTS = 64
 # How long a commit waits, on the writer thread, for an outside connection that holds SQLite's
 # write lock before the group fails with "database is locked".
 DEFAULT_BUSY_WAIT_S = 5.0
+# Points waiting for the commit task, at most. Past it, `submit` refuses with `StoreBusy`: a flood
+# of fire-and-forget publishes once grew the queue to 1.65M writes (1.4 GB) while acked writes of
+# other clients timed out behind it. 50,000 points are ~2 s of work at full ingest speed and a
+# few tens of MB.
+DEFAULT_MAX_QUEUED_POINTS = 50_000
+# A point stamped further ahead than this is refused: a device whose clock is years ahead would
+# otherwise own the point's current value until then (every later reading loses the merge).
+DEFAULT_MAX_FUTURE_S = 86_400.0
+# Node ids the API uses as words in its subjects (`nodes.<parent>.all`, the virtual `root`).
+RESERVED_NODE_IDS = frozenset((ROOT_PARENT, "all"))
 
 
 @dataclass(slots=True)
@@ -97,6 +109,8 @@ class StoreConfig:
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
     restart_wal_frames: int = DEFAULT_RESTART_WAL_FRAMES
     busy_wait_s: float = DEFAULT_BUSY_WAIT_S
+    max_queued_points: int = DEFAULT_MAX_QUEUED_POINTS
+    max_future_s: float = DEFAULT_MAX_FUTURE_S
     description: str = field(default_factory=socket.gethostname)
 
 
@@ -115,6 +129,7 @@ class Store:
         # A deque and a wake-up event rather than asyncio.Queue: put/get on the hot path cost a
         # fraction, and the commit loop takes everything queued at once anyway.
         self._queue: deque[Write | None] = deque()
+        self._queued_points = 0
         self._bookkeeping: list[tuple[Bookkeeping, asyncio.Future[None]]] = []
         self._queued = asyncio.Event()
         self._listeners: list[CommitListener] = []
@@ -263,9 +278,12 @@ class Store:
         (history), winner or not."""
         if self._closing:
             raise StoreError("store is closing")
+        if self._queued_points >= self.config.max_queued_points and not internal:
+            raise StoreBusy(f"busy: {self._queued_points} points are waiting to be stored; retry in a moment")
         future: asyncio.Future[list[Point]] = asyncio.get_running_loop().create_future()
         rows = WriteRows(node=node, parent=parent, points=points, via=via, provenance=provenance)
         self._queue.append(Write(rows=rows, reply=reply, future=future, internal=internal))
+        self._queued_points += len(points)
         self._queued.set()
         return future
 
@@ -290,24 +308,38 @@ class Store:
         return base
 
     def _check(self, write: Write, now_ns: int) -> None:
+        """Check one write against the tree as it stands after the writes before it, stamp its
+        times, and apply its edge changes to the tree. Raises `InvalidInput`."""
         rows = write.rows
-        if any(p.time == 0 for p in rows.points):
-            rows.points = [p.stamped(now_ns) for p in rows.points]
+        points = rows.points
+        if any(p.time == 0 for p in points):
+            points = rows.points = [p.stamped(now_ns) for p in points]
+        latest = max(p.time for p in points) if points else 0
+        if latest > now_ns + self.config.max_future_s * 1e9:
+            _refuse_future(points, now_ns, self.config.max_future_s)
         if not rows.parent:
             if not self.tree.has_node(rows.node):
                 raise UnknownNode(rows.node, "create it first with an edge write that has a nodeType")
             return
         parent, node = rows.parent, rows.node
+        for index, p in enumerate(points):
+            if p.type == NODE_TYPE and not (isinstance(p.value, str) and p.value):
+                raise InvalidPoint("nodeType must be a non-empty string", index=index, field="value")
         current = self.tree.edge(parent, node)
-        after = (current or EdgeState()).merged(rows.points)
+        after = (current or EdgeState()).merged(points)
         if current is None and not after.exists:
             raise UnknownNode(node, f"an edge from '{parent}' needs a nodeType point to be created")
+        if current is None and not self.tree.has_node(node) and node in RESERVED_NODE_IDS:
+            raise InvalidSubject(f"'{node}' is a word of the API and cannot be a node id")
         if parent == ROOT_PARENT and not write.internal and current is None:
             raise InvalidSubject("only the instance root may hang under the virtual parent 'root'")
         if parent != ROOT_PARENT and not self.tree.has_node(parent):
             raise UnknownNode(parent, "the parent does not exist")
-        if node == self.instance_id and parent == ROOT_PARENT and after.deleted:
-            raise RootProtected(f"the root node '{node}' of this instance cannot be deleted")
+        if node == self.instance_id and parent == ROOT_PARENT:
+            if after.deleted:
+                raise RootProtected(f"the root node '{node}' of this instance cannot be deleted")
+            if current is not None and after.node_type != current.node_type:
+                raise RootProtected(f"the root node '{node}' of this instance stays a '{current.node_type}'")
         becomes_live = not after.deleted and (current is None or current.deleted)
         if becomes_live and self.tree.would_cycle(parent, node):
             raise CycleRefused(f"edge '{parent}' -> '{node}' would make a cycle")
@@ -330,6 +362,7 @@ class Store:
                     return
                 writes.append(write)
                 count += len(write.rows.points)
+            self._queued_points -= count
             await self._commit(writes)
 
     async def _commit(self, writes: list[Write]) -> None:
@@ -500,6 +533,19 @@ class Store:
             await self._reader.close()
             self._reader = None
         await self._writer.close()
+
+
+def _refuse_future(points: list[Point], now_ns: int, max_future_s: float) -> None:
+    limit_ns = now_ns + max_future_s * 1e9
+    for index, p in enumerate(points):
+        if p.time > limit_ns:
+            ahead_s = (p.time - now_ns) / 1e9
+            raise InvalidPoint(
+                f"'{p.type}' is stamped {ahead_s:,.0f} s ahead of this instance's clock (the limit "
+                f"is {max_future_s:g} s): check the sending device's clock",
+                index=index,
+                field="time",
+            )
 
 
 def _execute(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:

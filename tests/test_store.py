@@ -88,7 +88,9 @@ async def test_edge_tombstone_follows_merge_rule(store: Store) -> None:
 
 
 async def test_retention_by_age_and_rows(db_path: str) -> None:
-    config = StoreConfig(path=db_path, retention_days=1, retention_max_rows=1_000_000)
+    config = StoreConfig(
+        path=db_path, retention_days=1, retention_max_rows=1_000_000, max_future_s=3 * 86_400
+    )
     async with Store(config) as store:
         await make_node(store)
         day_ns = 86_400 * 10**9
