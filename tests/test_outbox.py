@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
 import nats
 import pytest
@@ -59,3 +60,39 @@ async def test_a_closed_connection_refuses_instead_of_dropping_silently(nats_ser
     outbox.add("ob.a", b"1")
     with pytest.raises(nats.errors.ConnectionClosedError):
         await outbox.send()
+
+
+async def test_a_large_fan_out_is_not_copied_per_subject(nats_server: NatsServer) -> None:
+    """100 subjects x 256 KB would be 25 MB joined into one buffer; sent one by one through
+    nats-py's publish (which waits for the socket when its buffer is full), memory stays small."""
+    sender = await nats.connect(nats_server.url)
+    receiver = await nats.connect(nats_server.url)
+    payload = b"v" * 256 * 1024
+    subjects = [f"big.{i}" for i in range(100)]
+    got: list[str] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        assert msg.data == payload
+        got.append(msg.subject)
+        if len(got) == len(subjects):
+            done.set()
+
+    try:
+        await receiver.subscribe("big.>", cb=on_msg, pending_bytes_limit=256 * 1024 * 1024)
+        await receiver.flush()
+        outbox = Outbox(sender)
+        outbox.fan_out(subjects, payload)
+        tracemalloc.start()
+        try:
+            await outbox.send()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * 1024 * 1024, f"sending allocated {peak / 1e6:.0f} MB at its peak"
+        async with asyncio.timeout(20):
+            await done.wait()
+        assert got == subjects
+    finally:
+        await sender.close()
+        await receiver.close()
