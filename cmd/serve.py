@@ -9,7 +9,7 @@ import click
 from siot.app import ServeConfig, run
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT
 from siot.errors import SiotError
-from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S
+from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES
 from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
 
 
@@ -115,6 +115,16 @@ from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
     help="Seconds between WAL checkpoints, which copy committed pages into the database file and "
     "fsync it. The fsync briefly holds up commits, less so the smaller the checkpoint; a longer "
     "interval writes hot pages less often (e.g. on SD cards).",
+)
+@click.option(
+    "--restart-wal-frames",
+    envvar="SIOT_RESTART_WAL_FRAMES",
+    default=DEFAULT_RESTART_WAL_FRAMES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Start the WAL over once a checkpoint finds it this long (in frames of one page): the "
+    "last frames are copied with commits held for a few ms. Under steady writes the WAL would "
+    "otherwise grow without bound. Lower bounds it tighter, at the cost of more pauses.",
 )
 @click.option(
     "--max-queued-points",

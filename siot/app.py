@@ -28,7 +28,7 @@ from siot.api import Api, wait_closed
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT, Broker, BrokerConfig
 from siot.client import Client
 from siot.store import Store, StoreConfig
-from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S
+from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES
 from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class ServeConfig:
     retention_days: float = 365.0
     retention_max_rows: int = 20_000_000
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    restart_wal_frames: int = DEFAULT_RESTART_WAL_FRAMES
     max_queued_points: int = DEFAULT_MAX_QUEUED_POINTS
     max_future_s: float = DEFAULT_MAX_FUTURE_S
     upstream: str | None = None
@@ -170,6 +171,7 @@ class App:
                 retention_days=cfg.retention_days,
                 retention_max_rows=cfg.retention_max_rows,
                 checkpoint_interval_s=cfg.checkpoint_interval_s,
+                restart_wal_frames=cfg.restart_wal_frames,
                 max_queued_points=cfg.max_queued_points,
                 max_future_s=cfg.max_future_s,
             )
