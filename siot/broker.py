@@ -127,9 +127,16 @@ class Broker:
         return self._process.pid if self._process else None
 
     async def __aenter__(self) -> Broker:
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
         conf_path = self.config.data_dir / "nats-server.conf"
-        conf_path.write_text(self.config.render())
+        text = self.config.render()
+        try:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+            # Rewritten only when it changed: a restart onto a full or read-only data directory
+            # then gets as far as the store, which says what is wrong with the database.
+            if not conf_path.exists() or conf_path.read_text() != text:
+                conf_path.write_text(text)
+        except OSError as exc:
+            raise BrokerError(f"cannot write the nats-server config {conf_path}: {exc.strerror}") from exc
         self._conf_path = conf_path
         await self._start()
         self._supervisor = asyncio.create_task(self._supervise(), name="broker supervisor")
