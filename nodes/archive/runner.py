@@ -13,6 +13,7 @@ from pydantic import Field
 from siot.app import AppContext
 from siot.client import Change
 from siot.nodes.archive.writer import ArchiveWriter
+from siot.nodes.config import Bounded
 from siot.nodes.listener import Listener, ListenerConfig, ListenerState
 
 logger = logging.getLogger(__name__)
@@ -22,12 +23,14 @@ ARCHIVE_DIR = "archive"
 DEFAULT_RETENTION_DAYS = 30.0
 FLUSH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
+MAX_RETENTION_DAYS = 36_500.0  # a century: beyond, the cutoff date is out of datetime's range
+RetentionDays = Bounded(0.0, MAX_RETENTION_DAYS, "days")
 
 
 class ArchiveConfig(ListenerConfig):
     """The message filter, and how many days of files to keep."""
 
-    retention_days: float = Field(DEFAULT_RETENTION_DAYS, alias="retentionDays", gt=0)
+    retention_days: RetentionDays = Field(DEFAULT_RETENTION_DAYS, alias="retentionDays", gt=0)
 
 
 class ArchiveRunner:
@@ -66,6 +69,8 @@ class ArchiveRunner:
                     self.writer.prune(self.config.retention_days)
             except OSError:
                 logger.exception("archive %s: housekeeping failed", self.config.id)
+            except Exception as exc:  # never let the flush task die quietly
+                logger.warning("archive %s: housekeeping failed: %r", self.config.id, exc)
 
     async def update(self, config: ArchiveConfig, change: Change | None) -> None:
         resubscribe = (config.subjects, config.disabled) != (self.config.subjects, self.config.disabled)

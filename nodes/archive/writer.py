@@ -74,15 +74,15 @@ class ArchiveWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             current = (day, path.open("a", encoding="utf-8"))
             self._files[directory] = current
-        encoding, payload = encode_payload(data)
-        line = {
-            "time": stamp.isoformat().replace("+00:00", "Z"),
-            "timeNs": now_ns,
-            "subject": subject,
-            "encoding": encoding,
-            "payload": payload,
-        }
-        current[1].write(json.dumps(line, separators=(",", ":")) + "\n")
+        line = {"time": stamp.isoformat().replace("+00:00", "Z"), "timeNs": now_ns, "subject": subject}
+        try:
+            encoding, payload = encode_payload(data)
+            text = json.dumps({**line, "encoding": encoding, "payload": payload}, separators=(",", ":"))
+        except (RecursionError, ValueError, TypeError, OverflowError):
+            # A payload too deep (or too odd) to be re-encoded as JSON is kept as its bytes.
+            raw = base64.b64encode(data).decode()
+            text = json.dumps({**line, "encoding": "base64", "payload": raw}, separators=(",", ":"))
+        current[1].write(text + "\n")
         self.lines += 1
         return self.root / directory / f"{day}{FILE_SUFFIX}"
 

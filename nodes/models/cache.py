@@ -78,7 +78,11 @@ class ModelCache:
         known = self._model_points.setdefault(model_id, {})
         for point in points:
             known[(point.type, point.key)] = point
-        model, problems = compile_model(model_id, list(known.values()))
+        try:
+            model, problems = compile_model(model_id, list(known.values()))
+        except Exception as exc:  # a model's bad points are that model's error, not the daemon's
+            problem = f"internal error: {type(exc).__name__}: {exc} (the model is not enforced)"
+            model, problems = Model(model_id, "", allow_other=True), [problem]
         self.models[model_id] = model
         if problems != self._problems.get(model_id, []):
             self._problems[model_id] = problems

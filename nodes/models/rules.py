@@ -78,13 +78,16 @@ def _break(rule: FieldRule, value: Any) -> str:
     """The rule `value` breaks, as `name=limit` text, or "" when it passes."""
     kind = rule.value_type
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    # An int too large for a float (JSON has no limit) is an int, and never a finite number.
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
     if kind is ValueType.BOOL and not isinstance(value, bool):
         return "valueType=bool"
     if kind is ValueType.TEXT and not isinstance(value, str):
         return "valueType=text"
-    if kind is ValueType.INT and not (is_number and float(value).is_integer()):
+    if kind is ValueType.INT and not (is_number and integral):
         return "valueType=int"
-    if kind is ValueType.NUMBER and not (is_number and math.isfinite(value)):
+    if kind is ValueType.NUMBER and not (is_number and finite):
         return "valueType=number"
     if is_number:
         if rule.min is not None and value < rule.min:
@@ -110,9 +113,10 @@ def _float(value: Any) -> float | None:
     if value is None or value == "" or isinstance(value, bool):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return None if math.isnan(number) else number
 
 
 def compile_model(model_id: str, points: list[Point]) -> tuple[Model, list[str]]:

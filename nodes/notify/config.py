@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from siot.nodes.config import Duration, NodeConfig
 
 DEFAULT_SMTP_PORT = 587
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF_S = 1.0
 DEFAULT_TIMEOUT_S = 10.0
+# Bounds (docs/limits.md): the first retry's wait, and one attempt's socket timeout.
+MAX_BACKOFF_S = 300.0
+MAX_TIMEOUT_S = 300.0
+Backoff = Duration(0.0, MAX_BACKOFF_S)
+AttemptTimeout = Duration(0.0, MAX_TIMEOUT_S, exclusive_min=True)
 
 
 class ServiceKind(StrEnum):
@@ -28,9 +35,7 @@ class SmtpSecurity(StrEnum):
     TLS = "tls"
 
 
-class MsgServiceConfig(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
+class MsgServiceConfig(NodeConfig):
     description: str = ""
     disabled: bool = False
     service: ServiceKind = ServiceKind.SMTP
@@ -48,8 +53,8 @@ class MsgServiceConfig(BaseModel):
     header: dict[str, str] = Field(default_factory=dict)  # key = header name
     # delivery
     retries: int = Field(DEFAULT_RETRIES, ge=0, le=20)
-    backoff_s: float = Field(DEFAULT_BACKOFF_S, alias="backoff", ge=0)
-    timeout_s: float = Field(DEFAULT_TIMEOUT_S, alias="timeout", gt=0)
+    backoff_s: Backoff = Field(DEFAULT_BACKOFF_S, alias="backoff")
+    timeout_s: AttemptTimeout = Field(DEFAULT_TIMEOUT_S, alias="timeout")
 
     @field_validator("tls", mode="before")
     @classmethod
@@ -76,9 +81,7 @@ class MsgServiceConfig(BaseModel):
         return self
 
 
-class UserConfig(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
+class UserConfig(NodeConfig):
     first_name: str = Field("", alias="firstName")
     last_name: str = Field("", alias="lastName")
     email: str = ""

@@ -8,13 +8,12 @@ import logging
 import random
 from dataclasses import dataclass
 
-from siot.nodes.notify.config import MsgServiceConfig, ServiceKind
+from siot.nodes.notify.config import MAX_BACKOFF_S, MsgServiceConfig, ServiceKind
 from siot.nodes.notify.message import Notification
 from siot.nodes.notify.transports import DeliveryFailed, post_webhook, send_email
 
 logger = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 300.0
 BACKOFF_JITTER = 0.2
 
 

@@ -35,9 +35,16 @@ class NodePoints:
     points: list[Point]
 
 
+# State times beyond this (the year 2116) are not believed: one more nanosecond on top of a
+# forged `activeChanged` of 2**63-1 would not fit in the int64 of the next state write.
+MAX_STATE_NS = 2**62
+
+
 def _int(fields: dict[str, object], name: str) -> int:
     value = fields.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STATE_NS:
+        return value
+    return 0
 
 
 def build_rule(

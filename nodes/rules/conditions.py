@@ -14,11 +14,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from siot.nodes.rules.config import ConditionConfig, ConditionType, ValueType
+from siot.nodes.rules.config import MAX_ANOMALY_SAMPLES, ConditionConfig, ConditionType, ValueType
 from siot.nodes.rules.schedule import NS_PER_S, Schedule
 from siot.points import Point
 
 TRUE_WORDS = frozenset(("1", "on", "true", "yes"))
+# Larger values (and infinity) are not taken into anomaly statistics: their squares overflow to
+# infinity, and one such sample would leave the window's sums NaN for good.
+MAX_ANOMALY_VALUE = 1e150
 
 
 @dataclass(slots=True, frozen=True)
@@ -155,13 +158,15 @@ class Offline:
 
 @dataclass(slots=True)
 class RollingStats:
-    """Mean and standard deviation of the samples of the last `window_ns`, in O(1) per sample.
+    """Mean and standard deviation of the samples of the last `window_ns` (at most the newest
+    `max_samples` of them, so a long window on a fast point has bounded memory), in O(1) per sample.
 
     Sums are kept relative to the first sample seen (`shift`), which keeps the variance accurate
     for large values with small spread (e.g. pressures around 101325 Pa).
     """
 
     window_ns: int
+    max_samples: int = MAX_ANOMALY_SAMPLES
     samples: deque[tuple[int, float]] = field(default_factory=deque)
     shift: float | None = None
     total: float = 0.0
@@ -175,14 +180,19 @@ class RollingStats:
         self.total += d
         self.total_sq += d * d
         self.evict(time_ns)
+        while len(self.samples) > self.max_samples:
+            self._pop()
 
     def evict(self, now_ns: int) -> None:
         assert self.shift is not None or not self.samples
         while self.samples and self.samples[0][0] <= now_ns - self.window_ns:
-            _, old = self.samples.popleft()
-            d = old - self.shift  # type: ignore[operator]
-            self.total -= d
-            self.total_sq -= d * d
+            self._pop()
+
+    def _pop(self) -> None:
+        _, old = self.samples.popleft()
+        d = old - self.shift  # type: ignore[operator]
+        self.total -= d
+        self.total_sq -= d * d
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -219,7 +229,7 @@ class Anomaly:
         if point.type != self.config.point_type or point.key != self.config.point_key or point.deleted:
             return False
         value = to_number(point.value)
-        if value is None:
+        if value is None or not abs(value) <= MAX_ANOMALY_VALUE:
             return False
         time_ns = point.time or now_ns
         seen = self.newest.get(node)

@@ -13,8 +13,9 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from siot.nodes.config import MAX_DURATION_S, MIN_INTERVAL_S, Duration, NodeConfig
 from siot.points import DEFAULT_KEY, Point
 
 # Point types that carry one value per key (e.g. `weekday` key "1" = Monday, a rule's `lastRun`
@@ -47,17 +48,33 @@ OPERATORS: dict[ValueType, frozenset[str]] = {
 }
 
 
-class _NodeConfig(BaseModel):
-    """Fields every rule node type has. Unknown points (state, other clients' points) are ignored."""
+# Bounds of the durations (seconds; docs/limits.md). A hold may be 0 (none); an offline timeout
+# or an anomaly window shorter than a second is not one; a reminder is 0 (off) or at least 1 s.
+Hold = Duration(0.0, MAX_DURATION_S)
+Timeout = Duration(1.0, MAX_DURATION_S)
+Window = Duration(1.0, MAX_DURATION_S)
+RepeatInterval = Duration(MIN_INTERVAL_S, MAX_DURATION_S, zero_means_off=True)
+LoopPause = Duration(1.0, 3600.0)
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+# The loop guard (manager.py): a rule may make at most `loopLimit` transitions and action runs per
+# second that the rules engine's own writes caused; past that it is paused for `loopPause` s.
+DEFAULT_LOOP_LIMIT = 20
+MAX_LOOP_LIMIT = 1000
+DEFAULT_LOOP_PAUSE_S = 10.0
+# An anomaly condition keeps at most this many samples per node, whatever its window.
+MAX_ANOMALY_SAMPLES = 10_000
+
+
+class _NodeConfig(NodeConfig):
+    """Fields every rule node type has. Unknown points (state, other clients' points) are ignored."""
 
     description: str = ""
     disabled: bool = False
 
 
 class RuleConfig(_NodeConfig):
-    pass
+    loop_limit: int = Field(DEFAULT_LOOP_LIMIT, alias="loopLimit", ge=1, le=MAX_LOOP_LIMIT)
+    loop_pause_s: LoopPause = Field(DEFAULT_LOOP_PAUSE_S, alias="loopPause")
 
 
 def parse_clock_time(text: str) -> time:
@@ -79,8 +96,8 @@ class ConditionConfig(_NodeConfig):
     value_type: ValueType = Field(ValueType.NUMBER, alias="valueType")
     operator: str = "="
     value: Any = None
-    min_active_s: float = Field(0.0, alias="minActive", ge=0)
-    min_inactive_s: float = Field(0.0, alias="minInactive", ge=0)
+    min_active_s: Hold = Field(0.0, alias="minActive")
+    min_inactive_s: Hold = Field(0.0, alias="minInactive")
     # schedule: a local window [start, end) in `tz`, on the given weekdays (0 = Sunday, as in
     # Simple IoT) and/or dates. start > end spans midnight; equal or blank means the whole day.
     start: str = ""
@@ -89,11 +106,11 @@ class ConditionConfig(_NodeConfig):
     date: dict[str, str] = Field(default_factory=dict)
     tz: str = "UTC"
     # offline: seconds without a point before the node counts as offline.
-    timeout_s: float = Field(300.0, alias="timeout", gt=0)
+    timeout_s: Timeout = Field(300.0, alias="timeout")
     # anomaly: rolling window (seconds), threshold in standard deviations, samples before judging.
-    window_s: float = Field(3600.0, alias="window", gt=0)
+    window_s: Window = Field(3600.0, alias="window")
     threshold: float = Field(3.0, gt=0)
-    min_samples: int = Field(10, alias="minSamples", ge=2)
+    min_samples: int = Field(10, alias="minSamples", ge=2, le=MAX_ANOMALY_SAMPLES)
 
     @field_validator("point_key", mode="before")
     @classmethod
@@ -154,7 +171,7 @@ class ConditionConfig(_NodeConfig):
 
 class ActionConfig(_NodeConfig):
     """An `action` or `actionInactive` node. `repeatInterval` (s) re-runs it while the rule stays
-    in the state that ran it; 0 = once per transition.
+    in the state that ran it; 0 = once per transition, else at least `MIN_INTERVAL_S`.
 
     `action` has no default: a node is created as its edge first and its points after, so an
     action read in between has no points, and a default would run it as a notify.
@@ -169,7 +186,7 @@ class ActionConfig(_NodeConfig):
     # setValue: the value written; notify: an optional message template ({rule}, {node}, {point},
     # {key}, {value}, {time}).
     value: Any = None
-    repeat_interval_s: float = Field(0.0, alias="repeatInterval", ge=0)
+    repeat_interval_s: RepeatInterval = Field(0.0, alias="repeatInterval")
 
     @field_validator("point_key", mode="before")
     @classmethod
@@ -209,6 +226,8 @@ def decode(model: type[ModelT], points: list[Point]) -> tuple[ModelT | None, str
         return model.model_validate(point_fields(points)), ""
     except ValidationError as exc:
         return None, "; ".join(_describe(err) for err in exc.errors())
+    except Exception as exc:  # a validator that raised something else: still this node's problem
+        return None, f"invalid config: {type(exc).__name__}: {exc}"
 
 
 def _describe(err: Any) -> str:
