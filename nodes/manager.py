@@ -2,7 +2,13 @@
 
 It finds every live node of its type in the tree, decodes the node's points into a typed
 pydantic config, runs one `NodeRunner` per node, passes later point changes on, and stops the
-runner when the node is deleted. Config errors become an `error` point on the node, never a crash.
+runner when the node is deleted.
+
+A node's problem stays that node's: a config the model refuses, and any exception while starting,
+updating or stopping its runner, becomes an `error` point on the node and one WARNING log line
+naming it. The manager goes on with the other nodes, and `siot serve` starts whatever the tree
+holds. A node that failed is retried when its points change; the error the manager wrote is
+deleted (tombstoned) once the node runs.
 
 Writes from runners go through the API like everyone else's, with `origin` set to the node id.
 """
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import pydantic
@@ -24,6 +30,7 @@ from siot.app import AppContext
 from siot.client import Change, NodeInfo
 from siot.codec import decode_trusted_points
 from siot.errors import SiotError
+from siot.nodes.config import NodeConfig
 from siot.points import Point
 from siot.store.tree import NODE_TYPE, TOMBSTONE
 from siot.store.tree import ROOT_PARENT as ROOT
@@ -33,12 +40,16 @@ logger = logging.getLogger(__name__)
 ConfigT = TypeVar("ConfigT", bound=pydantic.BaseModel)
 
 
-class ManagedConfig(pydantic.BaseModel):
+# How the errors this manager writes begin, so that one left from before a restart is known as
+# the manager's to delete once the node runs (a runner's own `error` points are left alone).
+ERROR_PREFIXES = ("invalid config:", "failed to start:", "failed to update:", "internal error:")
+
+
+class ManagedConfig(NodeConfig):
     """Base of a managed node's config: the fields every node of a NodeManager has. `id` and
     `parent` come from the tree (`decode_config` sets them); the others are points. Point names
-    may be used as aliases (camelCase) and unknown points are ignored."""
-
-    model_config = pydantic.ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+    may be used as aliases (camelCase), unknown points are ignored, floats are finite, and
+    durations are `siot.nodes.config.Duration`s with bounds."""
 
     id: str
     parent: str
@@ -104,6 +115,7 @@ class NodeManager(Generic[ConfigT]):
         self._configs: dict[str, ConfigT] = {}  # what each runner was last started or updated with
         self._watched: dict[str, Subscription] = {}
         self._edge_sub: Subscription | None = None
+        self._errors: dict[str, str] = {}  # node -> the error this manager has written on it
         self._lock = asyncio.Lock()  # one change at a time, whichever subscription it came on
 
     async def __aenter__(self) -> NodeManager[ConfigT]:
@@ -112,7 +124,7 @@ class NodeManager(Generic[ConfigT]):
         async with self._lock:
             for (_parent, node), state in list(tree.edges.items()):
                 if state.node_type == self.node_type and tree.live_parents(node):
-                    await self._watch(node)
+                    await self._guarded(node, self._watch(node))
         logger.info("%s manager: %d node(s) running", self.node_type, len(self.runners))
         return self
 
@@ -130,10 +142,15 @@ class NodeManager(Generic[ConfigT]):
             return
         change = Change(node, tokens[3] if len(tokens) > 3 else None, decode_trusted_points(msg.data))
         async with self._lock:
-            try:
-                await self._on_change(change)
-            except Exception:
-                logger.exception("%s manager: change for %s failed", self.node_type, node)
+            await self._guarded(node, self._on_change(change))
+
+    async def _guarded(self, node: str, work: Awaitable[None]) -> None:
+        """Run `work` for `node`; whatever it raises is the node's error, not the manager's."""
+        try:
+            await work
+        except Exception as exc:
+            logger.debug("%s manager: %s failed", self.node_type, node, exc_info=True)
+            await self.report_error(node, f"internal error: {_exception(exc)}")
 
     def _is_ours(self, node: str) -> bool:
         return self.ctx.store.tree.node_type(node) == self.node_type and self.ctx.manages(node)
@@ -181,36 +198,76 @@ class NodeManager(Generic[ConfigT]):
         try:
             config = decode_config(self.model, info)
         except pydantic.ValidationError as exc:
-            await self.report_error(node, f"invalid config: {_short(exc)}")
-            await self._stop(node)
+            await self._fail(node, f"invalid config: {_short(exc)}")
+            return
+        except Exception as exc:  # a validator that raised something else
+            await self._fail(node, f"invalid config: {_exception(exc)}")
             return
         runner = self.runners.get(node)
-        if runner is None:
-            runner = self.factory(self.ctx, config)
-            self.runners[node] = runner
-            self._configs[node] = config
-            await runner.start()
-            logger.info("%s manager: started %s", self.node_type, node)
-        elif config != self._configs.get(node):
-            self._configs[node] = config
-            await runner.update(config, change)
+        starting = runner is None
+        try:
+            if runner is None:
+                runner = self.factory(self.ctx, config)
+                self.runners[node] = runner
+                self._configs[node] = config
+                await runner.start()
+                logger.info("%s manager: started %s", self.node_type, node)
+            elif config != self._configs.get(node):
+                self._configs[node] = config
+                await runner.update(config, change)
+        except Exception as exc:
+            logger.debug("%s manager: %s failed", self.node_type, node, exc_info=True)
+            await self._fail(node, f"failed to {'start' if starting else 'update'}: {_exception(exc)}")
+            return
+        await self._clear_error(node, info)
+
+    async def _fail(self, node: str, message: str) -> None:
+        """The node cannot run as configured: say why on the node, and stop its runner (the next
+        change of its points tries again)."""
+        await self.report_error(node, message)
+        await self._stop(node)
 
     async def _stop(self, node: str) -> None:
         runner = self.runners.pop(node, None)
         self._configs.pop(node, None)
         if runner is not None:
-            await runner.stop()
-            logger.info("%s manager: stopped %s", self.node_type, node)
+            try:
+                await runner.stop()
+            except Exception as exc:
+                logger.debug("%s manager: stopping %s failed", self.node_type, node, exc_info=True)
+                logger.warning("%s %s: stop failed: %s", self.node_type, node, _exception(exc))
+            else:
+                logger.info("%s manager: stopped %s", self.node_type, node)
 
     async def report_error(self, node: str, message: str) -> None:
-        """Record an error on the node as an `error` point written with the node as origin."""
+        """Record an error on the node as an `error` point written with the node as origin, and
+        log it as a WARNING naming the node (a bad node is not an error of the daemon)."""
+        if self._errors.get(node) == message:
+            return  # said already (a node being created is refreshed more than once)
         logger.warning("%s %s: %s", self.node_type, node, message)
+        self._errors[node] = message
         with contextlib.suppress(SiotError):
             await self.ctx.client.send_points(node, [Point("error", message, origin=node)])
 
+    async def _clear_error(self, node: str, info: NodeInfo) -> None:
+        """Delete the error this manager wrote on a node that now runs: written in this process,
+        or before a restart (recognised by its prefix)."""
+        current = info.value("error")
+        ours = node in self._errors or (isinstance(current, str) and current.startswith(ERROR_PREFIXES))
+        self._errors.pop(node, None)
+        if current is not None and ours:
+            with contextlib.suppress(SiotError):
+                await self.ctx.client.send_points(node, [Point("error", "", origin=node, tombstone=1)])
+
 
 def _short(exc: pydantic.ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()
+    )
+
+
+def _exception(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def managed(
