@@ -27,6 +27,12 @@ consumer itself, before the rule's state write that records its `lastRun`, so a 
 comes back on the manager's inbox and only sets or clears the action's `error` point. Notify
 actions run in their own tasks (a webhook may retry for minutes) and report back through the
 queue. All writes go through the NATS API with `origin` = the writing node's id.
+
+A rule's problem stays that rule's. Bad config is refused by the validators (bounded durations,
+siot.nodes.config) and becomes an `error` point on the node. An exception while loading,
+evaluating or acting on a rule unloads that rule only, writes an `error` point on it and one
+WARNING naming it; it is loaded again after `RETRY_S` or when its config changes. A rule that
+re-triggers itself through its own writes is paused by the loop guard (loops.py).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -53,6 +60,7 @@ from siot.nodes.rules.build import ACTION, ACTION_INACTIVE, CONDITION, RULE, Nod
 from siot.nodes.rules.clock import Clock, SystemClock
 from siot.nodes.rules.conditions import Anomaly, Offline, Watch
 from siot.nodes.rules.config import ActionType
+from siot.nodes.rules.loops import LOOP_PREFIX, LoopGuard
 from siot.nodes.rules.rule import ERROR, ActionRun, ConditionRuntime, Outcome, RuleRuntime
 from siot.nodes.rules.schedule import NS_PER_S
 from siot.outbox import Outbox
@@ -71,6 +79,9 @@ MAX_EVENTS_PER_SEND = 256
 # Far above any burst: a subscription that hits nats-py's limit drops messages (slow consumer).
 PENDING_MSGS_LIMIT = 1_000_000
 RULES_ENV = "SIOT_RULES"
+# A rule that failed to load, or raised while evaluating or acting, is loaded again this much later
+# (engine clock), or at once when its config changes.
+RETRY_S = 30.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,10 +152,13 @@ class RulesManager:
         self._wake = asyncio.Event()
         self._tick_queued = False
         self._errors: dict[str, str] = {}
+        self._warned: dict[str, str] = {}  # node -> the error last logged for it
         self._dirty: dict[str, str | None] = {}  # rule id -> parent hint
         self._dirty_since_ns = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._actions: set[asyncio.Task[None]] = set()
+        self._loops: dict[str, LoopGuard] = {}  # rule id -> its loop guard (loops.py)
+        self._retry: set[str] = set()  # broken rules whose `_deadlines` entry is a reload
 
     # ---- lifecycle ----
 
@@ -164,7 +178,7 @@ class RulesManager:
         await self._sync_subscriptions(found)
         for node in _walk(tree):
             if node.type == RULE:
-                await self._load(node.id, node.parent)
+                await self._load_guarded(node.id, node.parent)
         await self._outbox.send()
         self._spawn(self._consume(), "consume")
         self._spawn(self._timers(), "timers")
@@ -313,7 +327,7 @@ class RulesManager:
         if event.ancestor == event.node:
             for rule, cond in self._exact.get(event.node, ()):
                 for point in event.points:
-                    await self._apply(rule, rule.on_point(cond, event.node, point, now))
+                    await self._on_rule_point(rule, cond, event.node, point, now)
         if event.node in self._owner:
             return
         for rule, cond in self._subtree.get(event.ancestor, ()):
@@ -321,7 +335,25 @@ class RulesManager:
                 # The engine's own writes (setValue) are not the device speaking.
                 if isinstance(cond.evaluator, Offline) and point.origin in self._owner:
                     continue
-                await self._apply(rule, rule.on_point(cond, event.node, point, now))
+                await self._on_rule_point(rule, cond, event.node, point, now)
+
+    async def _on_rule_point(
+        self, rule: RuleRuntime, cond: ConditionRuntime, node: str, point: Point, now: int
+    ) -> None:
+        """Show a committed point to one condition and evaluate its rule, unless the loop guard
+        holds the rule: then the condition still takes the point, for when the rule resumes."""
+        if self.rules.get(rule.id) is not rule or cond.evaluator is None:
+            return  # unloaded by an earlier point of this event, or a condition with bad config
+        try:
+            if not cond.evaluator.on_point(node, point, now):
+                return  # not a point this condition is about
+        except Exception as exc:
+            self._break(rule.id, f"internal error: {_exception(exc)}")
+            return
+        cause = self._owner.get(point.origin)  # the rule whose write this is, if the engine's
+        if self._held(rule, cause):
+            return  # the condition has taken the point; the rule evaluates when it resumes
+        await self._evaluate(rule, partial(rule.evaluate, now), cause)
 
     def _feeds_dirty_rule(self, event: _Changed) -> bool:
         watchers = [*self._subtree.get(event.ancestor, ())]
@@ -358,14 +390,32 @@ class RulesManager:
     async def _reload_dirty(self) -> None:
         dirty, self._dirty = self._dirty, {}
         for rule, parent_hint in dirty.items():
-            await self._load(rule, parent_hint)
+            await self._load_guarded(rule, parent_hint)
 
     async def _on_tick(self) -> None:
         now = self.clock.now_ns()
         for rule_id, deadline in list(self._deadlines.items()):
+            if deadline > now:
+                continue
             rule = self.rules.get(rule_id)
-            if rule is not None and deadline <= now:
-                await self._apply(rule, rule.evaluate(now))
+            if rule is None:
+                if rule_id in self._retry:  # a broken rule's time to be loaded again
+                    self._retry.discard(rule_id)
+                    self._deadlines.pop(rule_id, None)
+                    self._mark_dirty(rule_id, None)
+                continue
+            guard = self._loops.get(rule_id)
+            if guard is not None and guard.paused_until_ns:
+                if now < guard.paused_until_ns:
+                    self._schedule(rule)
+                    continue
+                guard.resume(now, rule.config.loop_pause_s)
+                logger.info("rules: rule %s resumes after its loop pause", rule_id)
+            elif guard is not None and guard.clear_at_ns and now >= guard.clear_at_ns:
+                del self._loops[rule_id]
+                if self._errors.get(rule_id, "").startswith(LOOP_PREFIX):
+                    self._set_error(rule_id, "")
+            await self._evaluate(rule, partial(rule.evaluate, now))
 
     async def _on_action_done(self, event: _ActionDone) -> None:
         run = event.run
@@ -374,7 +424,92 @@ class RulesManager:
         if last_run is not None:
             self._publish(rule.id, [last_run])
         self._set_error(run.action.id, event.error)
-        await self._apply(rule, rule.evaluate(self.clock.now_ns()))
+        if not self._held(rule, None):
+            await self._evaluate(rule, partial(rule.evaluate, self.clock.now_ns()))
+
+    # ---- one rule's problems: errors and loops ----
+
+    async def _evaluate(
+        self, rule: RuleRuntime, compute: Callable[[], Outcome], cause: str | None = None
+    ) -> None:
+        """Compute an outcome of a loaded rule and apply it. `cause` is the rule whose write
+        caused this evaluation (None: a device, a timer): what it makes counts for the loop
+        guard. An exception unloads this rule only (`_break`)."""
+        if self.rules.get(rule.id) is not rule:
+            return
+        try:
+            outcome = compute()
+            guard = self._loops.get(rule.id) if cause is not None else None
+            if guard is not None:
+                guard.record(outcome.transitions + len(outcome.runs))
+            await self._apply(rule, outcome)
+        except Exception as exc:
+            self._break(rule.id, f"internal error: {_exception(exc)}")
+
+    def _held(self, rule: RuleRuntime, cause: str | None) -> bool:
+        """Whether the rule must not evaluate now: it is paused by the loop guard, or this
+        evaluation, caused by the engine's own write, would be one past its loop limit (which
+        pauses it)."""
+        guard = self._loops.get(rule.id)
+        if guard is not None and guard.paused_until_ns:
+            return True
+        if cause is None:
+            return False
+        if guard is None:
+            guard = self._loops[rule.id] = LoopGuard()
+        if guard.admit(time.monotonic_ns(), rule.config.loop_limit, cause):
+            return False
+        self._trip(rule, guard)
+        return True
+
+    def _trip(self, rule: RuleRuntime, guard: LoopGuard) -> None:
+        pause_s = rule.config.loop_pause_s
+        took_s = guard.trip(time.monotonic_ns(), self.clock.now_ns(), pause_s)
+        causes = ", ".join(
+            "its own actions" if cause == rule.id else f"rule {cause}{self._described(cause)}"
+            for cause in sorted(guard.causes, key=lambda c: (c != rule.id, c))
+        )
+        self._set_error(
+            rule.id,
+            f"{LOOP_PREFIX} {guard.count} transitions and action runs in {took_s:.2f} s were caused "
+            f"by the setValue writes of {causes}, past the limit of {rule.config.loop_limit} per "
+            f"second (point loopLimit); paused for {pause_s:g} s (point loopPause), then it resumes; "
+            "a change of the rule or of its children resumes it at once",
+        )
+        self._schedule(rule)
+
+    def _described(self, rule_id: str) -> str:
+        rule = self.rules.get(rule_id)
+        return f" ({rule.config.description})" if rule is not None and rule.config.description else ""
+
+    def _break(self, rule_id: str, message: str) -> None:
+        """Unload a rule whose loading, evaluation or action raised, and say so on it; it is
+        loaded again after `RETRY_S`, or at once when its config changes (its subscription stays)."""
+        logger.debug("rules: rule %s failed", rule_id, exc_info=True)
+        self._unload(rule_id)
+        self._owner[rule_id] = rule_id  # its own error write is not a config change
+        self._pending_rules.add(rule_id)
+        self._set_error(rule_id, message)
+        self._retry.add(rule_id)
+        self._deadlines[rule_id] = self.clock.now_ns() + int(RETRY_S * NS_PER_S)
+        self._wake.set()
+
+    def _schedule(self, rule: RuleRuntime) -> None:
+        """Set the rule's next timer: its own deadline (schedule edge, hold, reminder) and its
+        loop guard's (resume, error cleanup); while paused, only the resume."""
+        if self.rules.get(rule.id) is not rule:
+            return
+        guard = self._loops.get(rule.id)
+        if guard is not None and guard.paused_until_ns:
+            deadline: int | None = guard.paused_until_ns
+        else:
+            times = (rule.next_deadline_ns(self.clock.now_ns()), guard.deadline_ns() if guard else None)
+            deadline = min((t for t in times if t is not None), default=None)
+        if deadline is None:
+            self._deadlines.pop(rule.id, None)
+        else:
+            self._deadlines[rule.id] = deadline
+            self._wake.set()
 
     # ---- outcomes, timers, actions ----
 
@@ -397,14 +532,7 @@ class RulesManager:
         for run in outcome.runs:
             if run.action.config.action is not ActionType.SET_VALUE:
                 self._spawn(self._run_action(run), f"action {run.action.id}", self._actions)
-        if self.rules.get(rule.id) is not rule:
-            return
-        deadline = rule.next_deadline_ns(self.clock.now_ns())
-        if deadline is None:
-            self._deadlines.pop(rule.id, None)
-        else:
-            self._deadlines[rule.id] = deadline
-            self._wake.set()
+        self._schedule(rule)
 
     def _publish(self, node: str, points: list[Point]) -> None:
         """Fire-and-forget write, queued in the outbox that the consumer sends after each batch of
@@ -443,8 +571,9 @@ class RulesManager:
             error = str(exc)
             logger.warning("rules: action %s of rule %s failed: %s", run.action.id, run.rule.id, exc)
         except Exception as exc:
-            error = f"internal error: {exc}"
-            logger.exception("rules: action %s of rule %s failed", run.action.id, run.rule.id)
+            error = f"internal error: {_exception(exc)}"
+            logger.debug("rules: action %s of rule %s failed", run.action.id, run.rule.id, exc_info=True)
+            logger.warning("rules: action %s of rule %s failed: %s", run.action.id, run.rule.id, error)
         await self._queue.put(_ActionDone(run, error))
 
     async def _notify(self, run: ActionRun) -> None:
@@ -470,14 +599,35 @@ class RulesManager:
             rule=run.rule.id, origin=run.action.id, service_id=run.action.config.node_id, note=note
         )
 
-    def _set_error(self, node: str, message: str) -> None:
-        """Write (or clear, with a tombstone) a node's `error` point, only when it changes."""
+    def _set_error(self, node: str, message: str, *, log: bool = True) -> None:
+        """Write (or clear, with a tombstone) a node's `error` point, only when it changes; a new
+        error is logged as a WARNING naming the node."""
         if self._errors.get(node, "") == message:
             return
         self._errors[node] = message
+        if log:
+            self._warn(node, message)
         self._publish(node, [Point(ERROR, message, origin=node, tombstone=0 if message else 1)])
 
+    def _warn(self, node: str, message: str, rule: str = "") -> None:
+        """Log a node's new error as a WARNING naming it: once per error and process, so a
+        restart says it again but reloads do not repeat it."""
+        if self._warned.get(node, "") == message:
+            return
+        self._warned[node] = message
+        if message:
+            where = f"rule {rule}: child {node}" if rule and rule != node else f"rule {node}"
+            if not rule and node not in self._known_rules:
+                where = f"node {node}"
+            logger.warning("rules: %s: %s", where, message)
+
     # ---- loading ----
+
+    async def _load_guarded(self, rule_id: str, parent_hint: str | None) -> None:
+        try:
+            await self._load(rule_id, parent_hint)
+        except Exception as exc:
+            self._break(rule_id, f"failed to load: {_exception(exc)}")
 
     async def _load(self, rule_id: str, parent_hint: str | None) -> None:
         """(Re)load one rule from the store: find its live parent, build, adopt the old runtime's
@@ -504,7 +654,7 @@ class RulesManager:
         for node in (info, *children):
             self._errors.setdefault(node.id, str(node.value(ERROR, default="") or ""))
         fresh = runtime.adopt(old) if old is not None else runtime.conditions
-        self._unload(rule_id)
+        self._unload(rule_id)  # also re-arms the loop guard: a changed rule starts afresh
         self.rules[rule_id] = runtime
         self._owner[rule_id] = rule_id
         for child in children:
@@ -525,7 +675,8 @@ class RulesManager:
             # A node whose points have not arrived yet (create_node sends the edge first) is not
             # misconfigured, only young: its points will trigger another reload.
             if node not in fresh_nodes:
-                self._set_error(node, message)
+                self._warn(node, message, rule_id)  # also when the point was there before a restart
+                self._set_error(node, message, log=False)
         logger.info(
             "rules: loaded rule %s (%s): %d condition(s), %d action(s)",
             rule_id,
@@ -538,6 +689,9 @@ class RulesManager:
     def _unload(self, rule_id: str) -> None:
         old = self.rules.pop(rule_id, None)
         self._deadlines.pop(rule_id, None)
+        self._loops.pop(rule_id, None)
+        self._retry.discard(rule_id)
+        self._owner.pop(rule_id, None)
         if old is None:
             return
         for node in [n for n, r in self._owner.items() if r == rule_id]:
@@ -580,6 +734,10 @@ class RulesManager:
         if watch.node not in trees:
             trees[watch.node] = await self.client.tree(watch.node)
         return [n for n in _walk(trees[watch.node]) if n.type not in ENGINE_TYPES]
+
+
+def _exception(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _watched(runtime: RuleRuntime | None) -> set[str]:

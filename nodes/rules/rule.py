@@ -124,6 +124,7 @@ class ActionRun:
 class Outcome:
     writes: list[tuple[str, list[Point]]] = field(default_factory=list)
     runs: list[ActionRun] = field(default_factory=list)
+    transitions: int = 0  # changes of the rule's `active` (what the loop guard counts, with runs)
 
 
 @dataclass(slots=True, eq=False)
@@ -162,6 +163,7 @@ class RuleRuntime:
                 "rule %s (%s): %s", self.id, self.config.description, "active" if active else "inactive"
             )
             self.active = active
+            out.transitions += 1
             # Strictly increasing: one committed batch may flip a rule several times at the same
             # `now`, and each transition must still be newer than the last run of its actions.
             self.changed_ns = max(now_ns, self.changed_ns + 1)
