@@ -7,10 +7,43 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import support
 from support import NatsServer, SiotProcess, connected, running
 
 from siot.client import Client
 from siot.store import Store, StoreConfig
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "expect_errors(*regexes): errors this test provokes on purpose; each regex is searched in "
+        "every ERROR record (with its traceback) of in-process siot loggers and of every "
+        "`siot serve` log checked during the test",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _log_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test on an error nobody expected (support.LogGuard): ERROR records or tracebacks
+    of the `siot` loggers in this process, and those in the log of every `siot serve` the test
+    ran, including processes it killed, or that exited or are still running. Expected ones are
+    declared with `@pytest.mark.expect_errors(regex, ...)` or on the process."""
+    guard = support.LogGuard([p for m in request.node.iter_markers("expect_errors") for p in m.args])
+    try:
+        yield
+    finally:
+        if failures := guard.finish():
+            pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """A test that failed before stopping its processes leaves them to the end of the session."""
+    yield
+    for proc in support.started_processes:
+        if proc.proc is not None:
+            support.stop_pid(proc.proc, timeout_s=30)
 
 
 @pytest.fixture(autouse=True)

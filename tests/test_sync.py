@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import SIOT_BIN, SiotProcess, free_port
+from support import SIOT_BIN, SiotProcess, free_port, stop_all
 from sync_support import build_tree, snapshot, sync_status, until, upstream_peers, upstream_settled
 
 from siot.client import Client
@@ -144,8 +144,7 @@ async def test_outage_loses_no_history_and_conflicts_converge(tmp_path: Path):
         await cloud_client.close()
         await edge.close()
     finally:
-        edge_proc.stop()
-        cloud.stop()
+        stop_all(edge_proc, cloud)
 
 
 async def test_edge_killed_during_catch_up_resumes_without_loss_or_duplicates(tmp_path: Path):
@@ -182,8 +181,7 @@ async def test_edge_killed_during_catch_up_resumes_without_loss_or_duplicates(tm
         await cloud_client.close()
         await edge.close()
     finally:
-        edge_proc.stop()
-        cloud.stop()
+        stop_all(edge_proc, cloud)
 
 
 async def peer_state(client: Client, state: str) -> dict | None:
@@ -249,8 +247,7 @@ async def test_two_edges_are_isolated_and_cloud_deletes_and_detaches(
         await a.close()
         await b.close()
     finally:
-        a_proc.stop()
-        b_proc.stop()
+        stop_all(a_proc, b_proc)
 
 
 async def test_bad_sync_requests_get_clear_errors(cloud: SiotProcess, cloud_client: Client):
@@ -326,8 +323,7 @@ async def test_cloud_restored_from_backup_is_resent_and_repaired(tmp_path: Path)
         await cloud_client.close()
         await edge.close()
     finally:
-        edge_proc.stop()
-        cloud.stop()
+        stop_all(edge_proc, cloud)
 
 
 async def test_sync_node_disable_enable_and_flag_reuses_the_node(

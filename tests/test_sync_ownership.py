@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from rules_support import make_rule, wait_point
-from support import SiotProcess
+from support import SiotProcess, stop_all
 from sync_support import until, upstream_settled
 
 from siot.client import Client
@@ -52,5 +52,4 @@ async def test_edge_rule_fires_once_not_again_in_the_cloud(tmp_path: Path) -> No
         await edge.close()
         await cloud.close()
     finally:
-        edge_proc.stop()
-        cloud_proc.stop()
+        stop_all(edge_proc, cloud_proc)
