@@ -3,6 +3,7 @@ notifications to a real SMTP server and a real HTTP server, and bad config as er
 
 from __future__ import annotations
 
+import pytest
 from rules_support import make_rule, smtp_server, wait_cleared, wait_point, webhook_server
 
 from siot.client import Client
@@ -175,6 +176,11 @@ async def test_webhook_retries_then_delivers_json(siot: Client) -> None:
         await wait_point(siot, rule, "lastRun", lambda v: v > 0, key=action)
 
 
+# the webhook answers 503 to every attempt: giving up on a notification is an error to report
+@pytest.mark.expect_errors(
+    r"ERROR siot\.nodes\.notify\.deliver: notify: giving up on \S+ after 2 attempt\(s\): "
+    r"webhook http://127\.0\.0\.1:\d+/hook: HTTP 503$"
+)
 async def test_failed_delivery_is_recorded_and_becomes_an_error_point(siot: Client) -> None:
     with webhook_server(fail_first=100) as (_, url):
         root = siot.root_id
