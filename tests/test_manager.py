@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
 from support import free_port
 
 from siot.app import App, AppContext, ServeConfig
-from siot.client import Change
+from siot.client import Change, Client
 from siot.nodes.manager import NodeManager, points_to_fields
 from siot.points import Point
 
@@ -130,3 +131,52 @@ async def test_a_change_that_leaves_the_config_as_it_was_is_not_an_update(ctx: A
         await client.send_points(node, [Point("repeat", 2)])
         # Events come in order: a spurious update would have said "hi" again before this.
         assert await next_event() == ("said", "hihi")
+
+
+class Touchy(Greeter):
+    """A greeter whose runner raises on start and on update when the greeting is "boom"."""
+
+    async def start(self) -> None:
+        if self.config.greeting == "boom":
+            raise RuntimeError("cannot say boom")
+        await super().start()
+
+    async def update(self, config: GreeterConfig, change: Change | None) -> None:
+        if config.greeting == "boom":
+            raise RuntimeError("cannot say boom")
+        await super().update(config, change)
+
+
+async def wait_error(client: Client, node: str, pred: Callable[[Any], bool]) -> Any:
+    async with asyncio.timeout(5), client.changes(node) as changes:
+        current = (await client.get_node(node)).value("error")
+        if pred(current):
+            return current
+        async for change in changes:
+            if change.node == node and change.parent is None:
+                for p in change.points:
+                    if p.type == "error":
+                        value = None if p.deleted else p.value
+                        if pred(value):
+                            return value
+
+
+async def test_a_runner_that_raises_is_an_error_on_its_node_and_the_others_run(ctx: AppContext) -> None:
+    """Issue 12: a runner's exception on start used to stop the manager (and `siot serve`)."""
+    client = ctx.client
+    bad = await client.create_node(client.root_id, "greeter", [Point("greeting", "boom")])
+    good = await client.create_node(client.root_id, "greeter", [Point("greeting", "hi")])
+    async with NodeManager(ctx, "greeter", GreeterConfig, Touchy) as manager:
+        # the runner that failed to start is stopped (to release what it had started)
+        assert {await next_event(), await next_event()} == {("said", "hi"), ("stopped", bad)}
+        assert list(manager.runners) == [good]
+        error = await wait_error(client, bad, lambda v: isinstance(v, str))
+        assert error == "failed to start: RuntimeError: cannot say boom"
+        await client.send_points(bad, [Point("greeting", "ok")])  # fixed: it starts, error deleted
+        assert await next_event() == ("said", "ok")
+        await wait_error(client, bad, lambda v: v is None)
+        await client.send_points(good, [Point("greeting", "boom")])  # an update that raises
+        error = await wait_error(client, good, lambda v: isinstance(v, str))
+        assert error == "failed to update: RuntimeError: cannot say boom"
+        assert await next_event() == ("stopped", good)
+        assert sorted(manager.runners) == [bad]
