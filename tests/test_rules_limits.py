@@ -10,6 +10,7 @@ cause is fixed. Bounds and the loop limit: docs/limits.md.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,8 +23,20 @@ from support import SiotProcess, connected
 from siot.client import Client
 from siot.nodes.config import MAX_DURATION_S
 from siot.nodes.notify.config import MsgServiceConfig
-from siot.nodes.rules import ActionConfig, ConditionConfig, RollingStats, RuleConfig, decode
+from siot.nodes.rules import (
+    ActionConfig,
+    ConditionConfig,
+    ManualClock,
+    NodePoints,
+    RollingStats,
+    RuleConfig,
+    RuleRuntime,
+    build_rule,
+    decode,
+)
+from siot.nodes.rules import manager as rules_manager
 from siot.nodes.rules.loops import LoopGuard
+from siot.nodes.rules.manager import RulesManager
 from siot.points import Point
 
 LOOP_PREFIX = "loop:"
@@ -305,6 +318,76 @@ async def first_loop_error(client: Client, rules: list[str]) -> tuple[str, str]:
     await asyncio.gather(*pending, return_exceptions=True)
     task = done.pop()
     return waits[task], task.result()
+
+
+async def test_an_exception_in_one_rule_is_its_error_and_the_others_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever raises while loading or evaluating one rule (faults injected into the engine;
+    the daemon, NATS and SQLite are real) unloads that rule only, with an `error` point and a
+    WARNING: the other rules load, and evaluate the very point that broke it. The broken rule
+    is loaded again after RETRY_S (an injected clock here) and works once the cause is gone."""
+    faults = {"on load": True, "on evaluation": False}
+
+    def build(rule: NodePoints, *args: Any) -> Any:
+        runtime, errors = build_rule(rule, *args)
+        if faults["on load"] and runtime.config.description == "fails on load":
+            raise RuntimeError("injected load fault")
+        return runtime, errors
+
+    evaluate = RuleRuntime.evaluate
+
+    def evaluate_or_fail(self: RuleRuntime, now_ns: int) -> Any:
+        if faults["on evaluation"] and self.config.description == "fails on evaluation":
+            raise RuntimeError("injected evaluation fault")
+        return evaluate(self, now_ns)
+
+    monkeypatch.setattr(rules_manager, "build_rule", build)
+    monkeypatch.setattr(RuleRuntime, "evaluate", evaluate_or_fail)
+    clock = ManualClock(time.time_ns())
+    proc = SiotProcess(data_dir=tmp_path / "siot-data", env={"SIOT_RULES": "off"})
+    try:
+        async with started(proc) as client:
+            root = client.root_id
+            sensor = await client.create_node(root, "device", [Point("description", "tank")])
+            target = await client.create_node(root, "device", [Point("description", "alarms")])
+            rules = {}
+            for name in ("fails on load", "good", "fails on evaluation"):
+                rules[name], _, _ = await make_rule(
+                    client,
+                    root,
+                    name,
+                    [{"nodeID": sensor, "pointType": "level", "operator": ">", "value": 5}],
+                    [
+                        {
+                            "action": "setValue",
+                            "nodeID": target,
+                            "pointType": name.replace(" ", "_"),
+                            "value": 1,
+                        }
+                    ],
+                )
+            async with RulesManager(client, clock=clock):
+                await wait_point(
+                    client, rules["fails on load"], "error", is_error_about("failed to load", "injected")
+                )
+                faults["on evaluation"] = True
+                await client.send_points(sensor, [Point("level", 9)])
+                await wait_point(
+                    client,
+                    rules["fails on evaluation"],
+                    "error",
+                    is_error_about("internal error", "injected"),
+                )
+                await wait_point(client, target, "good", lambda v: v == 1)  # the same point, evaluated
+
+                faults.update({"on load": False, "on evaluation": False})
+                clock.advance(rules_manager.RETRY_S)
+                for name in ("fails on load", "fails on evaluation"):
+                    await wait_cleared(client, rules[name], "error")
+                    await wait_point(client, target, name.replace(" ", "_"), lambda v: v == 1)
+    finally:
+        proc.stop()
 
 
 # ---- the bounds and the guard themselves, without a daemon ----
