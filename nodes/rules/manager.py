@@ -616,9 +616,11 @@ class RulesManager:
             return
         self._warned[node] = message
         if message:
-            where = f"rule {rule}: child {node}" if rule and rule != node else f"rule {node}"
-            if not rule and node not in self._known_rules:
-                where = f"node {node}"
+            rule = rule or self._owner.get(node, "")
+            if rule and rule != node:
+                where = f"rule {rule}: child {node}"
+            else:
+                where = f"rule {node}" if rule or node in self._known_rules else f"node {node}"
             logger.warning("rules: %s: %s", where, message)
 
     # ---- loading ----
