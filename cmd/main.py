@@ -14,6 +14,7 @@ from siot.cmd.bench import bench
 from siot.cmd.bench_mqtt import bench_mqtt
 from siot.cmd.bench_rules import bench_rules
 from siot.cmd.bench_sync import bench_sync
+from siot.cmd.chaos import chaos
 from siot.cmd.export_import import COMMANDS as EXPORT_IMPORT_COMMANDS
 from siot.cmd.serve import serve
 from siot.cmd.sim import sim
@@ -58,6 +59,7 @@ cli.add_command(bench)
 bench.add_command(bench_mqtt)
 bench.add_command(bench_rules)
 bench.add_command(bench_sync)
+cli.add_command(chaos)
 for command in [*TREE_COMMANDS, *WATCH_COMMANDS, *EXPORT_IMPORT_COMMANDS]:
     cli.add_command(command)
 
