@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import reprlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from siot import subjects
 from siot.codec import DEFAULT_MAX_BATCH_POINTS, decode_points, decode_request, encode
 from siot.errors import InvalidInput, SiotError, StoreBusy, UnknownNode
 from siot.outbox import Outbox
-from siot.points import Point
+from siot.points import INT64_MAX, INT64_MIN, Point
 from siot.store import ROOT_PARENT, Store, Write
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,19 @@ class Api:
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
         self._validators: list[Validator] = []
+        self._stats: dict[str, Callable[[], Any]] = {}
 
     def add_validator(self, validator: Validator) -> Callable[[], None]:
         """Check every batch on `p.*` before it is stored (e.g. data models); a refusal is replied
         and counted like any bad input. Returns the function that removes the validator."""
         self._validators.append(validator)
         return lambda: self._validators.remove(validator)
+
+    def add_stats(self, name: str, source: Callable[[], Any]) -> Callable[[], None]:
+        """Serve `source()` as field `name` of `siot.stats` (e.g. the sync server's error counts),
+        so one request shows every counter of the instance. Returns the function that removes it."""
+        self._stats[name] = source
+        return lambda: self._stats.pop(name, None)
 
     async def __aenter__(self) -> Api:
         self._remove_listener = self.store.add_commit_listener(self._on_commit)
@@ -239,8 +247,13 @@ class Api:
         fields = {}
         for name in ("start", "end", "limit"):
             value = request.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise InvalidInput(f"history field '{name}' must be an integer (ns), got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX
+            ):
+                # reprlib: a hostile value may nest ~1,000 deep, past what repr() can recurse
+                raise InvalidInput(
+                    f"history field '{name}' must be an integer (ns) within int64, got {reprlib.repr(value)}"
+                )
             fields[name] = value
         for name in ("type", "key"):
             if request.get(name) is not None and not isinstance(request[name], str):
@@ -271,6 +284,7 @@ class Api:
                 "busyDropped": self.busy_dropped,
                 "errors": dict(self.errors),
                 "nodes": len(self.store.tree.parents),
+                **{name: source() for name, source in self._stats.items()},
             }
 
         await self._respond(msg, "", stats)

@@ -7,6 +7,7 @@ Decoding turns bytes into validated `Point`s or request maps and raises `DecodeE
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,8 @@ from siot.points import Point, point_from_map
 
 DEFAULT_MAX_BATCH_POINTS = 10_000
 JSON_FIRST_BYTES = (ord("["), ord("{"))
+# \uD800-\uDFFF: a surrogate escape, either half of a pair (fine) or alone (not Unicode)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 def is_json(data: bytes) -> bool:
@@ -29,19 +32,30 @@ def decode_any(data: bytes) -> Any:
     """Decode a msgpack or JSON payload into plain Python objects."""
     if is_json(data):
         try:
-            return json.loads(data)
+            value = json.loads(data)
+            if _SURROGATE_ESCAPE.search(data):
+                # "\ud800" is valid JSON but no Unicode: stored, it would fail to encode in the
+                # middle of a group commit (and take the other writes of the group with it).
+                json.dumps(value, ensure_ascii=False).encode()
+            return value
+        except RecursionError:
+            # json's C scanner recurses per level: ~1,000 levels exhaust the interpreter's stack
+            raise DecodeError("malformed JSON: nested too deeply") from None
+        except UnicodeEncodeError:
+            raise DecodeError("malformed JSON: a \\u escape is a lone UTF-16 surrogate") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError(f"malformed JSON: {exc}") from exc
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except msgpack.StackError:
+        raise DecodeError("malformed msgpack: nested too deeply") from None
     except (
         ValueError,
         msgpack.ExtraData,
         msgpack.FormatError,
-        msgpack.StackError,
         TypeError,
     ) as exc:
-        raise DecodeError(f"malformed msgpack: {exc}") from exc
+        raise DecodeError(f"malformed msgpack: {str(exc) or 'invalid format byte'}") from exc
 
 
 def parse_rfc3339_ns(text: str, *, index: int | None = None) -> int:

@@ -14,7 +14,7 @@ from msgpack import unpackb
 
 from siot import subjects
 from siot.errors import BatchTooLarge, DecodeError, InvalidInput
-from siot.points import Point, point_from_map
+from siot.points import INT64_MAX, Point, point_from_map
 from siot.store.log import LogRow
 
 PROTOCOL_VERSION = 1
@@ -127,6 +127,12 @@ def decode_rows(raw: Any) -> list[SyncRow]:
                     checked.add(token)
         if type(seq) is not int or type(instance_seq) is not int or type(instance) is not str:
             raise DecodeError(f"row {index}: seq, instance and instance_seq have the wrong types")
+        if not (0 <= seq <= INT64_MAX and 0 <= instance_seq <= INT64_MAX):
+            # SQLite stores int64: a larger provenance would fail the whole group commit it rides in
+            raise DecodeError(f"row {index}: seq and instance_seq must be within 0..{INT64_MAX}")
+        if instance and instance not in checked:
+            subjects.check_node_token(instance, what="instance id")
+            checked.add(instance)
         if type(blob) is not bytes:
             raise _row_error(index, item)
         try:

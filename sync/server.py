@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import reprlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from nats.aio.subscription import Subscription
 from siot import subjects
 from siot.codec import decode_request, encode
 from siot.errors import InvalidInput, SiotError, UnknownNode
-from siot.points import Point
+from siot.points import INT64_MAX, Point
 from siot.store import NODE_TYPE, TOMBSTONE, Store, Write
 from siot.store.log import LogRow, log_backlog, log_window, node_digests, state_rows, total_digest
 from siot.sync import protocol
@@ -51,11 +52,12 @@ class Detached(InvalidInput):
 
 
 def _int_field(request: dict[str, Any], name: str, default: int | None) -> int | None:
+    """A non-negative int64 (cursors are stored in SQLite: a larger one would fail every save)."""
     value = request.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"'{name}' must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        raise InvalidInput(f"'{name}' must be an integer within 0..{INT64_MAX}, got {reprlib.repr(value)}")
     return value
 
 
@@ -265,6 +267,9 @@ class SyncServer:
         self._check_attached(edge)
         status = self.peer(edge)
         ack = _int_field(request, "ack", None)
+        if ack is not None and ack > self.store.last_seq:
+            # Every `to` we hand out is within our log; a larger ack would skip what comes next.
+            raise InvalidInput(f"'ack' {ack} is past the end of this log ({self.store.last_seq})")
         if ack is not None:
             self.book.set(edge, OUT, ack)
             status.out_cursor = ack

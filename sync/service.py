@@ -158,6 +158,8 @@ async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
             p for p in book.peers() if p != ctx.instance_id and ctx.store.tree.has_node(p)
         )
         await apply_upstream_flag(ctx)
+        # Refused sync requests (per edge id) on siot.stats, beside the API's own error counts.
+        remove_stats = ctx.api.add_stats("syncErrors", lambda: dict(server.errors))
         runners: dict[str, SyncRunner] = {}
 
         def factory(c: AppContext, config: SyncNodeConfig) -> SyncRunner:
@@ -184,4 +186,5 @@ async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
             async with NodeManager(ctx, NODE_TYPE, SyncNodeConfig, factory):
                 yield
         finally:
+            remove_stats()
             await sub.unsubscribe()

@@ -6,7 +6,9 @@ with a message fit for the ingest node's `error` point.
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +17,7 @@ from siot.codec import decode_any, parse_rfc3339_ns
 from siot.errors import InvalidInput, InvalidPoint
 from siot.nodes.ingest.config import IngestConfig, TimeUnit
 from siot.nodes.topics import subject_to_levels
-from siot.points import MAX_TOKEN_BYTES, Point
+from siot.points import INT64_MAX, INT64_MIN, MAX_TOKEN_BYTES, Point, point_from_map
 
 _ILLEGAL_TYPE_CHARS = re.compile(r"[.*>\s]")
 NESTED_SEPARATOR = "_"
@@ -32,8 +34,12 @@ class Mapped:
 
 
 def point_type_for(name: str) -> str:
-    """A JSON field name made into a legal point type (illegal characters become `_`)."""
-    return _ILLEGAL_TYPE_CHARS.sub("_", name)[:MAX_TOKEN_BYTES] or "_"
+    """A JSON field name made into a legal point type (illegal characters become `_`), cut to
+    `MAX_TOKEN_BYTES` bytes of UTF-8 (not characters: a long non-ASCII name would be refused)."""
+    token = _ILLEGAL_TYPE_CHARS.sub("_", name)
+    if len(token) > MAX_TOKEN_BYTES // 4:
+        token = token.encode()[:MAX_TOKEN_BYTES].decode(errors="ignore")
+    return token or "_"
 
 
 def parse_time_ns(value: Any, unit: TimeUnit) -> int:
@@ -54,18 +60,33 @@ def parse_time_ns(value: Any, unit: TimeUnit) -> int:
             )
         else:
             scale = _UNIT_NS[unit]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidPoint(f"not a timestamp: {value}", field="time")
         time_ns = int(value * scale) if isinstance(value, float) else value * scale
         if time_ns <= 0:
-            raise InvalidPoint(f"not a timestamp: {value!r}", field="time")
-        return time_ns
+            raise InvalidPoint(f"not a timestamp: {_short(value)}", field="time")
+        return _in_int64(time_ns, value)
     if isinstance(value, str):
         text = value.strip().replace(" ", "T", 1)
         try:
             naive = datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is None
         except ValueError:
             naive = False  # let parse_rfc3339_ns name the problem
-        return parse_rfc3339_ns(text + "Z" if naive else text)
-    raise InvalidPoint(f"not a timestamp: {value!r}", field="time")
+        return _in_int64(parse_rfc3339_ns(text + "Z" if naive else text), value)
+    raise InvalidPoint(f"not a timestamp: {_short(value)}", field="time")
+
+
+def _in_int64(time_ns: int, value: Any) -> int:
+    """Times are int64 ns (until the year 2262) everywhere in siot; a device's clock past that is
+    refused here, with the device's own value in the message, rather than failing in the encoder."""
+    if not 0 < time_ns <= INT64_MAX:
+        raise InvalidPoint(f"timestamp {_short(value)} is outside int64 nanoseconds", field="time")
+    return time_ns
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages: a hostile value can be huge, or nested past repr()'s recursion."""
+    return reprlib.repr(value)
 
 
 def flatten(message: dict[str, Any]) -> dict[str, Any]:
@@ -110,12 +131,20 @@ def _device_name(config: IngestConfig, message: dict[str, Any], levels: list[str
 def _values(config: IngestConfig, message: dict[str, Any]) -> list[tuple[str, Any]]:
     skip = {config.device_field, config.time_field}
     if config.field_map:
-        return [(ptype, message[name]) for name, ptype in config.field_map.items() if name in message]
-    return [
-        (point_type_for(name), value)
-        for name, value in message.items()
-        if name not in skip and value is not None and isinstance(value, bool | int | float | str)
-    ]
+        values = [(ptype, message[name]) for name, ptype in config.field_map.items() if name in message]
+    else:
+        values = [
+            (point_type_for(name), value)
+            for name, value in message.items()
+            if name not in skip and value is not None and isinstance(value, bool | int | float | str)
+        ]
+    for ptype, value in values:
+        kind = type(value)
+        if kind is int and not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidPoint(f"integer {_short(value)} is outside int64", field=ptype)
+        if kind is list or kind is dict:  # (only `field` takes these) depth, int ranges, map keys
+            point_from_map({"type": ptype, "value": value})
+    return values
 
 
 def map_message(config: IngestConfig, subject: str, data: bytes, receive_ns: int) -> list[Mapped]:
