@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 
+from siot import nats_client
 from siot.api import Api, wait_closed
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT, Broker, BrokerConfig
 from siot.client import Client
@@ -190,7 +190,7 @@ class App:
             )
             self.broker = await self._stack.enter_async_context(Broker(broker_cfg))
             url = broker_cfg.url
-        nc = await nats.connect(
+        nc = await nats_client.connect(
             url,
             name="siot-daemon",
             token=cfg.auth_token or None,

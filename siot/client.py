@@ -23,14 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from siot import subjects
+from siot import nats_client, subjects
 from siot.codec import decode_reply, decode_trusted_points, encode, point_from_wire
 from siot.errors import ConnectFailed, RequestFailed
 from siot.points import Point
@@ -176,7 +175,9 @@ class Client:
         later_attempts = -1 if reconnect_forever else options.pop("max_reconnect_attempts", 60)
         options["max_reconnect_attempts"] = INITIAL_CONNECT_ATTEMPTS
         try:
-            nc = await nats.connect(url, name=name, token=token or None, connect_timeout=timeout_s, **options)
+            nc = await nats_client.connect(
+                url, name=name, token=token or None, connect_timeout=timeout_s, **options
+            )
         except (OSError, NatsError, TimeoutError) as exc:
             raise ConnectFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
         nc.options["max_reconnect_attempts"] = later_attempts  # read by nats-py at each reconnect

@@ -27,6 +27,7 @@ from nats.errors import Error as NatsError
 from siot.client import Client
 from siot.codec import decode_reply, encode
 from siot.errors import RequestFailed, SiotError
+from siot.nats_client import TolerantClient
 from siot.store import ROOT_PARENT, Store, Write
 from siot.store.log import log_backlog, log_window
 from siot.sync import protocol
@@ -173,7 +174,7 @@ class UpstreamLink:
             self._wake.set()
             logger.info("sync: reconnected to upstream %s", self.config.uri)
 
-        self._nc = NATS()
+        self._nc = TolerantClient()
         await self._nc.connect(
             self.config.uri,
             name=f"siot-sync-{self.edge_id}",
