@@ -30,14 +30,21 @@ def tree_json(tree: TreeNode) -> dict[str, Any]:
     return {**node_json(tree.node), "children": [tree_json(c) for c in tree.children]}
 
 
-def tree_lines(tree: TreeNode, prefix: str = "", last: bool = True, top: bool = True) -> list[str]:
-    """The subtree drawn with box characters, one node per line."""
-    deleted = " (deleted)" if tree.node.deleted else ""
-    branch = "" if top else ("└── " if last else "├── ")
-    lines = [f"{prefix}{branch}{node_label(tree.node)}{deleted}"]
-    child_prefix = prefix if top else prefix + ("    " if last else "│   ")
-    for i, child in enumerate(tree.children):
-        lines += tree_lines(child, child_prefix, i == len(tree.children) - 1, top=False)
+def tree_lines(tree: TreeNode) -> list[str]:
+    """The subtree drawn with box characters, one node per line (without recursion: a tree may
+    be thousands deep)."""
+    lines = []
+    stack: list[tuple[TreeNode, str, str]] = [(tree, "", "")]  # node, prefix, branch
+    while stack:
+        node, prefix, branch = stack.pop()
+        deleted = " (deleted)" if node.node.deleted else ""
+        lines.append(f"{prefix}{branch}{node_label(node.node)}{deleted}")
+        child_prefix = prefix + {"": "", "└── ": "    ", "├── ": "│   "}[branch]
+        last = len(node.children) - 1
+        stack += [
+            (child, child_prefix, "└── " if i == last else "├── ")
+            for i, child in reversed(list(enumerate(node.children)))
+        ]
     return lines
 
 

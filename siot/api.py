@@ -35,6 +35,9 @@ MAX_HISTORY_LIMIT = 1_000_000
 SUBSCRIPTION_PENDING_MSGS = 1_000_000
 SUBSCRIPTION_PENDING_BYTES = 512 * 1024 * 1024
 BUSY_LOG_INTERVAL_S = 10.0
+# Room kept in a reply for its envelope (`ok`, `next`); the rest of the broker's max_payload is
+# for the page's items. nats-server drops a larger message without a word to either side.
+REPLY_ENVELOPE_BYTES = 4096
 
 # Checks a decoded batch before it is stored: (node, parent, points); raises `InvalidInput`
 # (usually `InvalidPoint`) to refuse the whole batch. Runs on the hot path: keep it cheap.
@@ -200,10 +203,18 @@ class Api:
         _, parent, node = msg.subject.split(".")
         await self._respond(msg, node, lambda req: self._nodes(parent, node, req))
 
+    def _page_budget(self) -> int:
+        return self.nc.max_payload - REPLY_ENVELOPE_BYTES
+
     async def _nodes(self, parent: str, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The nodes asked for, in id order, as many as fit in one reply; `next` (an id, passed
+        back as `after`) continues the listing when they did not all fit."""
         tree = self.store.tree
         want_type = request.get("type") or None
         include_deleted = bool(request.get("deleted", False))
+        after = request.get("after")
+        if after is not None and not isinstance(after, str):
+            raise InvalidInput("nodes field 'after' must be the 'next' id of the previous page")
         if parent == ROOT_PARENT and node == subjects.ALL:
             node = self.store.root_id
         if node == subjects.ALL:
@@ -218,24 +229,27 @@ class Api:
             if tree.edge(parent, node) is None:
                 raise UnknownNode(node, f"no edge from '{parent}'")
             pairs = [(parent, node)]
-        result = []
+        page = ReplyPage(self._page_budget())
         for edge_parent, child in pairs:
+            page_key = edge_parent if parent == subjects.ALL else child
+            if after is not None and page_key <= after:
+                continue
             state = tree.edge(edge_parent, child)
             assert state is not None
             if state.deleted and not include_deleted:
                 continue
             if want_type and state.node_type != want_type:
                 continue
-            result.append(
-                node_wire(
-                    child,
-                    state.node_type,
-                    edge_parent,
-                    await self.store.node_points(child),
-                    await self.store.edge_points(edge_parent, child),
-                )
+            wire = node_wire(
+                child,
+                state.node_type,
+                edge_parent,
+                await self.store.node_points(child),
+                await self.store.edge_points(edge_parent, child),
             )
-        return {"nodes": result}
+            if not page.add(wire, page_key, f"node '{child}'", f"read its points with history.{child}"):
+                break
+        return page.reply("nodes")
 
     async def _on_history(self, msg: Msg) -> None:
         node = msg.subject.split(".", 1)[1]
@@ -261,15 +275,27 @@ class Api:
         limit = DEFAULT_HISTORY_LIMIT if fields["limit"] is None else fields["limit"]
         if not 0 < limit <= MAX_HISTORY_LIMIT:
             raise InvalidInput(f"history limit must be 1..{MAX_HISTORY_LIMIT}")
-        points = await self.store.history(
+        after = request.get("after")
+        if after is not None and not (
+            isinstance(after, list)
+            and len(after) == 2
+            and all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in after)
+        ):
+            raise InvalidInput("history field 'after' must be the 'next' [time, seq] of the previous page")
+        rows = await self.store.history_page(
             node,
             type=request.get("type"),
             key=request.get("key"),
             start=fields["start"] or 0,
             end=fields["end"] or time.time_ns() + 86_400 * 10**9,
             limit=limit,
+            after=None if after is None else (after[0], after[1]),
         )
-        return {"points": [p.to_wire() for p in points]}
+        page = ReplyPage(self._page_budget())
+        for seq, point in rows:
+            if not page.add(point.to_wire(), [point.time, seq], "one history point", "narrow it by type"):
+                break
+        return page.reply("points")
 
     async def _on_stats(self, msg: Msg) -> None:
         async def stats(_: dict[str, Any]) -> dict[str, Any]:
@@ -288,6 +314,38 @@ class Api:
             }
 
         await self._respond(msg, "", stats)
+
+
+class ReplyPage:
+    """Items of one reply, up to a byte budget. When an item does not fit, the page is cut and
+    its reply carries `next`: the key of the last item taken, which the requester passes back as
+    `after` to continue."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.items: list[Any] = []
+        self.size = 0
+        self.last_key: Any = None
+        self.cut = False
+
+    def add(self, item: Any, key: Any, what: str, hint: str) -> bool:
+        """Take `item` if it fits; False when the page is full. An item that fits no page at all
+        is refused with an error that says what to do instead."""
+        size = len(encode(item))
+        if self.size + size > self.budget:
+            if not self.items:
+                raise InvalidInput(
+                    f"{what} is {size:,} bytes, over the {self.budget:,}-byte reply limit: {hint}"
+                )
+            self.cut = True
+            return False
+        self.items.append(item)
+        self.size += size
+        self.last_key = key
+        return True
+
+    def reply(self, name: str) -> dict[str, Any]:
+        return {name: self.items, "next": self.last_key} if self.cut else {name: self.items}
 
 
 async def wait_closed(nc: NATS) -> None:

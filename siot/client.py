@@ -254,11 +254,18 @@ class Client:
     async def nodes(
         self, parent: str, node: str = subjects.ALL, *, type: str | None = None, deleted: bool = False
     ) -> list[NodeInfo]:
+        """`nodes.<parent>.<node>`, page after page (a long listing is paged by the daemon so no
+        reply exceeds the broker's max_payload)."""
         request: dict[str, Any] = {"deleted": deleted}
         if type:
             request["type"] = type
-        reply = await self.request(subjects.nodes(parent, node), encode(request))
-        return [NodeInfo.from_wire(n) for n in reply["nodes"]]
+        found: list[NodeInfo] = []
+        while True:
+            reply = await self.request(subjects.nodes(parent, node), encode(request))
+            found += [NodeInfo.from_wire(n) for n in reply["nodes"]]
+            if reply.get("next") is None:
+                return found
+            request["after"] = reply["next"]
 
     async def root(self) -> NodeInfo:
         return (await self.nodes(subjects.ROOT, subjects.ALL))[0]
@@ -290,18 +297,18 @@ class Client:
         """The subtree at `node` (default: the root), each node once even in a DAG."""
         top = await self.root() if node is None else await self.get_node(node)
         seen = {top.id}
-
-        async def expand(tree_node: TreeNode) -> None:
+        result = TreeNode(top)
+        stack = [result]  # depth first, without recursion: a tree may be thousands deep
+        while stack:
+            tree_node = stack.pop()
+            added = []
             for child in await self.children(tree_node.node.id, deleted=deleted):
                 if child.id in seen:
                     continue
                 seen.add(child.id)
-                sub = TreeNode(child)
-                tree_node.children.append(sub)
-                await expand(sub)
-
-        result = TreeNode(top)
-        await expand(result)
+                added.append(TreeNode(child))
+            tree_node.children += added
+            stack += reversed(added)
         return result
 
     async def history(
@@ -314,9 +321,16 @@ class Client:
         end_ns: int = HISTORY_END_NS,
         limit: int = 10_000,
     ) -> list[Point]:
+        """Up to `limit` logged points with start <= time < end, oldest first, page after page."""
         request = {"type": type, "key": key, "start": start_ns, "end": end_ns, "limit": limit}
-        reply = await self.request(subjects.history(node), encode(request))
-        return [point_from_wire(p) for p in reply["points"]]
+        points: list[Point] = []
+        while True:
+            reply = await self.request(subjects.history(node), encode(request))
+            points += [point_from_wire(p) for p in reply["points"]]
+            if reply.get("next") is None or len(points) >= limit:
+                return points
+            request["after"] = reply["next"]
+            request["limit"] = limit - len(points)
 
     async def stats(self) -> dict[str, Any]:
         return await self.request(subjects.STATS, b"")

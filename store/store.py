@@ -495,11 +495,30 @@ class Store:
         self, node: str, *, type: str | None, key: str | None, start: int, end: int, limit: int
     ) -> list[Point]:
         """Logged values of `node`'s points with start <= time < end, oldest first."""
+        rows = await self.history_page(node, type=type, key=key, start=start, end=end, limit=limit)
+        return [point for _, point in rows]
+
+    async def history_page(
+        self,
+        node: str,
+        *,
+        type: str | None,
+        key: str | None,
+        start: int,
+        end: int,
+        limit: int,
+        after: tuple[int, int] | None = None,
+    ) -> list[tuple[int, Point]]:
+        """Like `history`, with each point's log seq, in (time, seq) order; `after` (time, seq)
+        continues a page: only entries ordered after it."""
         sql = [
-            "SELECT type, key, time, value, tombstone, origin FROM point_log",
+            "SELECT seq, type, key, time, value, tombstone, origin FROM point_log",
             "WHERE node = ? AND parent = '' AND time >= ? AND time < ?",
         ]
         params: list[Any] = [node, start, end]
+        if after is not None:
+            sql.append("AND (time, seq) > (?, ?)")
+            params.extend(after)
         if type:
             sql.append("AND type = ?")
             params.append(type)
@@ -508,7 +527,7 @@ class Store:
             params.append(key)
         sql.append("ORDER BY time, seq LIMIT ?")
         params.append(limit)
-        return [_row_point(r) for r in await self.fetch(" ".join(sql), tuple(params))]
+        return [(r[0], _row_point(r[1:])) for r in await self.fetch(" ".join(sql), tuple(params))]
 
     async def close(self) -> None:
         """Stop taking writes, commit what is queued, stop the tasks and close SQLite."""
