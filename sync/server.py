@@ -29,7 +29,7 @@ from siot.points import INT64_MAX, Point
 from siot.store import NODE_TYPE, TOMBSTONE, Store, Write
 from siot.store.log import LogRow, log_backlog, log_window, node_digests, state_rows, total_digest
 from siot.sync import protocol
-from siot.sync.apply import PendingWrite, collect, submit_rows
+from siot.sync.apply import MAX_REPORTED_ERRORS, PendingWrite, collect, submit_rows
 from siot.sync.cursors import IN, OUT, CursorBook
 from siot.sync.status import LinkState, PeerStatus, Role
 
@@ -125,10 +125,20 @@ class SyncServer:
         status.last_seen_ns = time.time_ns()
         return status
 
+    def _known_edge(self, edge: str) -> bool:
+        """An edge that attached here (now or before a restart: its cursors are in the book)."""
+        return (
+            edge in self.downstream_roots
+            or self.book.get(edge, OUT) is not None
+            or self.book.get(edge, IN) is not None
+        )
+
     def _check_attached(self, edge: str) -> None:
         tree = self.store.tree
         if not tree.has_node(edge):
             raise UnknownNode(edge, "say hello on sync.hello first")
+        if not self._known_edge(edge):
+            raise InvalidInput(f"'{edge}' is a node of {self.store.instance_id}, not an edge attached to it")
         if not tree.live_parents(edge):
             self.peer(edge).state = LinkState.DETACHED
             raise Detached(f"detached: edge '{edge}' was deleted from the tree of {self.store.instance_id}")
@@ -179,6 +189,9 @@ class SyncServer:
         if edge == store.instance_id:
             raise InvalidInput(f"instance '{edge}' cannot sync with itself")
         tree = store.tree
+        if tree.has_node(edge) and not self._known_edge(edge):
+            # Saying hello as an existing node would make its subtree writable over sync.up.
+            raise InvalidInput(f"'{edge}' is a node of {store.instance_id}, not an edge: it cannot attach")
         if not tree.has_node(edge):
             parent = request.get("parent") or store.root_id
             if not isinstance(parent, str):
@@ -219,24 +232,62 @@ class SyncServer:
             self._check_attached(edge)
             to = _int_field(request, "to", None)
             rows = protocol.decode_rows(request.get("rows", []))
+            inside, outside = self._in_subtree(edge, rows)
             # Queued here, inside the callback, so windows commit in arrival order.
-            pending = submit_rows(self.store, rows, via=edge, fallback_instance=edge)
+            pending = submit_rows(self.store, inside, via=edge, fallback_instance=edge)
         except InvalidInput as exc:
             await self._fail(msg, edge, exc)
             return
         except SiotError as exc:  # store closing
             await self._fail(msg, edge, exc)
             return
-        self._spawn(self._finish_up(msg, edge, pending, to, len(rows)))
+        if outside:
+            self.errors[edge] += 1  # one count per window that reached outside the edge's subtree
+        self._spawn(self._finish_up(msg, edge, pending, to, len(rows), outside))
+
+    def _in_subtree(
+        self, edge: str, rows: list[protocol.SyncRow]
+    ) -> tuple[list[protocol.SyncRow], list[str]]:
+        """The rows about the edge's subtree as it stands here, and why the others are refused.
+        Node points must be of a member; an edge row must hang under a member, and brings its
+        node in unless that node exists here outside the subtree (an edge never adopts, and so
+        writes, a node it does not own). Refused rows do not stall the window."""
+        tree = self.store.tree
+        members = set(self._members(edge))
+        inside: list[protocol.SyncRow] = []
+        outside: list[str] = []
+        for index, row in enumerate(rows):
+            if row.parent:
+                ok = row.parent in members and (row.node in members or not tree.has_node(row.node))
+                if ok:
+                    members.add(row.node)
+            else:
+                ok = row.node in members
+            if ok:
+                inside.append(row)
+            else:
+                where = f"edge '{row.parent}' -> '{row.node}'" if row.parent else f"node '{row.node}'"
+                outside.append(f"row {index}: {where} is outside the subtree of '{edge}' here")
+        if outside:
+            logger.warning("sync server: %d rows from %s refused: %s", len(outside), edge, outside[:5])
+        return inside, outside
 
     async def _finish_up(
-        self, msg: Msg, edge: str, pending: list[PendingWrite], to: int | None, n: int
+        self,
+        msg: Msg,
+        edge: str,
+        pending: list[PendingWrite],
+        to: int | None,
+        n: int,
+        outside: list[str],
     ) -> None:
         try:
             applied = await collect(pending)
         except SiotError as exc:
             await self._fail(msg, edge, exc)
             return
+        applied.refused += len(outside)
+        applied.errors = (outside + applied.errors)[:MAX_REPORTED_ERRORS]
         status = self.peer(edge)
         status.received += n
         status.state = LinkState.CONNECTED
@@ -254,6 +305,7 @@ class SyncServer:
                 "ack": to,
                 "changed": applied.changed,
                 "refused": applied.refused,
+                "outside": len(outside),
                 "errors": applied.errors,
             },
         )

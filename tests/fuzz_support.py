@@ -455,9 +455,11 @@ def record(ledger: Ledger, family: str, outcomes: list[Outcome], *, counted: str
         if outcome.reply is None or outcome.problem:
             ledger.failures.append(f"{family}: {outcome.describe()}")
             continue
-        refused = outcome.reply.get("refused")
-        if type(refused) is int and refused > 0:
-            ledger.rows_refused += refused
+        refused, outside = outcome.reply.get("refused", 0), outcome.reply.get("outside", 0)
+        if outside:  # rows outside the edge's subtree: one sync error per window
+            ledger.sync[outcome.subject.rsplit(".", 1)[1]] += 1
+        if refused - outside > 0:  # rows the store refused
+            ledger.rows_refused += refused - outside
             ledger.windows_with_refusals += 1
         if outcome.error is not None:
             ledger.error_replies[family] += 1
