@@ -257,9 +257,12 @@ async def _new_nats(daemon: Daemon, old_pid: int) -> int | None:
 
 # ---- the disk: full, read-only ----
 
-DISK_MB = 24
+# The tmpfs holds the database as it grows round after round (up to ~1 MB a round, mostly what
+# is written into the WAL's slack while the disk is full), so its size grows with the rounds.
+DISK_MB = 16
+DISK_MB_PER_ROUND = 2
 FULL_WRITE_BATCH = 20
-FULL_VALUE_BYTES = 400
+FULL_VALUE_BYTES = 200
 FULL_MAX_BATCHES = 5_000
 
 
@@ -279,7 +282,7 @@ async def disk_full(chaos: Chaos, rounds: int) -> None:
     still answer reads; the filler is deleted: writes succeed again without a restart. Then
     SIGKILL and restart: every acked write is stored, and no refused one."""
     data = chaos.workdir / "disk"
-    with small_disk(data, DISK_MB, chaos.workdir / "disk.log"):
+    with small_disk(data, DISK_MB + DISK_MB_PER_ROUND * rounds, chaos.workdir / "disk.log"):
         daemon = chaos.daemon("disk").expect_error(r"commit failed: the disk is full")
         try:
             await chaos.start(daemon)
@@ -372,7 +375,7 @@ async def read_only(chaos: Chaos, rounds: int) -> None:
     SIGKILL, remount read-only, start: siot must refuse with a clear error naming the read-only
     data and change no byte; remount read-write, start: every acked write is there, writes work."""
     data = chaos.workdir / "ro"
-    with small_disk(data, DISK_MB, chaos.workdir / "ro.log"):
+    with small_disk(data, DISK_MB + DISK_MB_PER_ROUND * rounds, chaos.workdir / "ro.log"):
         daemon = chaos.daemon("ro")
         try:
             await chaos.start(daemon)

@@ -330,7 +330,7 @@ async def close_quietly(*clients: Client) -> None:
             await client.nc.close()
 
 
-async def within(seconds: float, check: Callable[[], Any], what: str) -> Any:
+async def within(seconds: float, check: Callable[[], Any], what: str, *, poll_s: float = 0.05) -> Any:
     """Poll the async `check` until it returns something truthy; `TimeoutError` names `what`."""
     deadline = time.monotonic() + seconds
     while True:
@@ -339,7 +339,7 @@ async def within(seconds: float, check: Callable[[], Any], what: str) -> Any:
             return result
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not after {seconds:g} s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll_s)
 
 
 async def stored_keys(client: Client, node: str, ptype: str) -> set[str]:

@@ -156,7 +156,9 @@ async def sync_catch_up_kill(chaos: Chaos, rounds: int, side: str) -> None:
             goal = base + chaos.rng.uniform(0.05, 0.8) * rows
             await chaos.start(pair.cloud)
             await pair.connect()
-            seq = await within(SETTLE_TIMEOUT_S, partial(seq_reached, pair.c, goal), "the backlog arriving")
+            seq = await within(
+                SETTLE_TIMEOUT_S, partial(seq_reached, pair.c, goal), "the backlog arriving", poll_s=0.002
+            )
             arrived = (seq - base) / rows
             chaos.tally.figures["killed at <=50% of the backlog"] += arrived <= 0.5
             chaos.tally.figures["killed at >50% of the backlog"] += 0.5 < arrived < 1
