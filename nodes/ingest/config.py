@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from siot.errors import InvalidInput
+from siot.nodes.ingest.durable import DEFAULT_ACK_WAIT_S
 from siot.nodes.listener import ListenerConfig
 from siot.nodes.topics import check_not_reserved
 
@@ -30,6 +31,11 @@ class IngestConfig(ListenerConfig):
     Keyed points: `field` key=<JSON field> value=<point type> (when any is set, only those fields
     are taken; otherwise every number, bool and string field, by its own name); `tag`
     key=<name> value=<anything> (static metadata copied onto every device as `tag` points).
+
+    `durable` (default true): MQTT QoS 1 messages are held by nats-server until their points are
+    committed (durable.py); false gives the broker's own PUBACK, sent before siot has them.
+    `ackWait` (s): how long a held message may be under way before nats-server delivers it
+    again, which is also how soon messages in flight when siot died come back after a restart.
     """
 
     device_field: str = Field("", alias="deviceField")
@@ -40,6 +46,8 @@ class IngestConfig(ListenerConfig):
     tags: dict[str, Any] = Field(default_factory=dict, alias="tag")
     device_model: str = Field("", alias="deviceModel")
     device_type: str = Field(DEFAULT_DEVICE_TYPE, alias="deviceType")
+    durable: bool = True
+    ack_wait_s: float = Field(DEFAULT_ACK_WAIT_S, alias="ackWait", gt=0)
 
     @model_validator(mode="after")
     def _not_reserved(self) -> IngestConfig:
