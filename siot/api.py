@@ -35,6 +35,12 @@ MAX_HISTORY_LIMIT = 1_000_000
 SUBSCRIPTION_PENDING_MSGS = 1_000_000
 SUBSCRIPTION_PENDING_BYTES = 512 * 1024 * 1024
 BUSY_LOG_INTERVAL_S = 10.0
+MAX_ERROR_KEYS = 10_000
+OTHER_ERRORS_KEY = "(other)"
+# Rejected inputs are logged one line each, up to this many per interval: a flood of bad input
+# must not become a flood of log lines (disk, journald).
+ERROR_LOG_BURST = 50
+ERROR_LOG_INTERVAL_S = 10.0
 # Room kept in a reply for its envelope (`ok`, `next`); the rest of the broker's max_payload is
 # for the page's items. nats-server drops a larger message without a word to either side.
 REPLY_ENVELOPE_BYTES = 4096
@@ -74,6 +80,7 @@ class Api:
         self.busy_refused = 0
         self.busy_dropped = 0
         self._busy_logged_at = 0.0
+        self._error_log = LogBudget(ERROR_LOG_BURST, ERROR_LOG_INTERVAL_S)
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
         self._validators: list[Validator] = []
@@ -115,8 +122,15 @@ class Api:
             self._remove_listener()
 
     def _count_error(self, node: str, exc: Exception) -> None:
+        # Keyed by a token the sender chose: past MAX_ERROR_KEYS distinct ones (a flood of
+        # p.<random>), the rest are counted together so the counter and siot.stats stay bounded.
+        if node not in self.errors and len(self.errors) >= MAX_ERROR_KEYS:
+            node = OTHER_ERRORS_KEY
         self.errors[node] += 1
-        logger.warning("api: rejected input for %s: %s", node or "?", exc)
+        held_back = self._error_log.take()
+        if held_back is not None:
+            more = f" ({held_back} more rejected inputs not logged)" if held_back else ""
+            logger.warning("api: rejected input for %s: %s%s", node or "?", exc, more)
 
     async def _reply_error(self, msg: Msg, node: str, exc: Exception) -> None:
         self._count_error(node, exc)
@@ -314,6 +328,29 @@ class Api:
             }
 
         await self._respond(msg, "", stats)
+
+
+class LogBudget:
+    """Allows `burst` log lines per `interval_s`; `take()` returns None when over budget, else
+    how many lines were held back since the last one allowed."""
+
+    def __init__(self, burst: int, interval_s: float) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._window_start = -interval_s
+        self._used = 0
+        self._held_back = 0
+
+    def take(self) -> int | None:
+        now = time.monotonic()
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._used = now, 0
+        if self._used >= self.burst:
+            self._held_back += 1
+            return None
+        self._used += 1
+        held_back, self._held_back = self._held_back, 0
+        return held_back
 
 
 class ReplyPage:

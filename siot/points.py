@@ -6,6 +6,7 @@ store's SQL upsert compares the same tuple over the same `encode_value` bytes.
 
 from __future__ import annotations
 
+import math
 import re
 import time as _time
 from typing import Any, NamedTuple
@@ -130,7 +131,12 @@ def _check_int(value: Any, *, field: str, index: int | None, minimum: int = INT6
 
 
 def _check_value(value: Any, *, index: int | None, depth: int = 0) -> PointValue:
-    if value is None or isinstance(value, bool | float | str | bytes):
+    if value is None or isinstance(value, bool | str | bytes):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            # NaN never equals itself (merge, digests and charts break on it); JSON has neither.
+            raise InvalidPoint(f"must be a finite number, got {value}", index=index, field="value")
         return value
     if isinstance(value, int):
         return _check_int(value, field="value", index=index)
@@ -148,7 +154,8 @@ def _check_value(value: Any, *, index: int | None, depth: int = 0) -> PointValue
 
 POINT_FIELDS = frozenset(("type", "key", "time", "value", "tombstone", "origin"))
 _ILLEGAL_TOKEN_RE = re.compile(r"[.*>\s]")
-_SCALARS = (float, str, bool, type(None), bytes)
+_SCALARS = (str, bool, type(None), bytes)  # float apart: it must also be finite
+_INF = float("inf")
 # A str of at most this many characters is at most MAX_TOKEN_BYTES bytes in UTF-8.
 _SURELY_SHORT_CHARS = MAX_TOKEN_BYTES // 4
 
@@ -178,7 +185,11 @@ def point_from_map(raw: Any, index: int | None = None) -> Point:
             and (tombstone == 0 and type(tombstone) is int)
             and type(origin) is str
             and len(origin) <= _SURELY_SHORT_CHARS
-            and (type(value) in _SCALARS or (type(value) is int and INT64_MIN <= value <= INT64_MAX))
+            and (
+                type(value) in _SCALARS
+                or (type(value) is float and -_INF < value < _INF)  # False for NaN too
+                or (type(value) is int and INT64_MIN <= value <= INT64_MAX)
+            )
         ):
             return Point(ptype, value, key, time_ns, 0, origin)
     return _careful_point_from_map(raw, index)

@@ -104,3 +104,18 @@ def test_sync_rows_with_provenance_sqlite_cannot_store_are_refused(row: list[obj
     with pytest.raises(InvalidInput):
         protocol.decode_rows([row])
     assert protocol.decode_rows([_row()])[0].instance_seq == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        msgpack.packb([{"type": "t", "value": math.nan}]),
+        msgpack.packb([{"type": "t", "value": -math.inf}]),
+        msgpack.packb([{"type": "t", "value": [1.0, math.inf]}]),
+        b'[{"type": "t", "value": NaN}]',  # Python's json reads these words
+        b'[{"type": "t", "value": Infinity}]',
+    ],
+)
+def test_non_finite_values_are_refused_on_every_encoding(payload: bytes) -> None:
+    with pytest.raises(InvalidPoint, match="field 'value': must be a finite number"):
+        decode_points(payload)
