@@ -67,6 +67,12 @@ DEFAULT_MAX_QUEUED_POINTS = 50_000
 DEFAULT_MAX_FUTURE_S = 86_400.0
 # Node ids the API uses as words in its subjects (`nodes.<parent>.all`, the virtual `root`).
 RESERVED_NODE_IDS = frozenset((ROOT_PARENT, "all"))
+# Rows of the meta table.
+INSTANCE_ID = "instance_id"
+LAST_STAMP = "last_stamp"
+SAVE_META = (
+    "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
 
 
 @dataclass(slots=True)
@@ -138,6 +144,7 @@ class Store:
         self._checkpointer: Checkpointer | None = None
         self._closing = False
         self._last_stamp = 0  # the newest time given to a time-0 point (see `_stamp_base`)
+        self._stamp_unsaved = False  # a time-0 point was stamped since meta.last_stamp was saved
         # Transactions and the writes they carried: their ratio is the group size, which decides
         # what a commit costs per write (siot.stats; `siot bench` reports it).
         self.commits = 0
@@ -204,9 +211,11 @@ class Store:
 
     async def _load(self) -> None:
         assert self._reader is not None
-        async with self._reader.execute("SELECT value FROM meta WHERE name='instance_id'") as cur:
-            row = await cur.fetchone()
-        stored_id = row[0] if row else None
+        meta = dict(
+            await self.fetch("SELECT name, value FROM meta WHERE name IN (?, ?)", (INSTANCE_ID, LAST_STAMP))
+        )
+        stored_id = meta.get(INSTANCE_ID)
+        self._last_stamp = max(self._last_stamp, int(meta.get(LAST_STAMP, 0)))
         wanted = self.config.instance_id
         if stored_id and wanted and stored_id != wanted:
             raise SiotError(
@@ -215,9 +224,7 @@ class Store:
             )
         self.instance_id = stored_id or wanted or str(uuid.uuid4())
         if not stored_id:
-            await self._writer.run(
-                _execute, "INSERT INTO meta VALUES ('instance_id', ?)", (self.instance_id,)
-            )
+            await self._writer.run(_execute, SAVE_META, (INSTANCE_ID, self.instance_id))
         edges: dict[tuple[str, str], EdgeState] = {}
         query = (
             "SELECT parent, node, type, time, origin, value, tombstone FROM edge_points "
@@ -307,6 +314,14 @@ class Store:
         self._last_stamp = base + count - 1
         return base
 
+    def _stamp_bookkeeping(self) -> list[Bookkeeping]:
+        """The newest stamp, saved with the commit that used it (meta.last_stamp), so stamps keep
+        increasing across a restart too: a gateway whose clock is behind after a reboot must not
+        stamp its next writes below the ones it acknowledged before."""
+        if not self._stamp_unsaved:
+            return []
+        return [Bookkeeping(SAVE_META, [(LAST_STAMP, str(self._last_stamp))])]
+
     def _check(self, write: Write, now_ns: int) -> None:
         """Check one write against the tree as it stands after the writes before it, stamp its
         times, and apply its edge changes to the tree. Raises `InvalidInput`."""
@@ -314,6 +329,7 @@ class Store:
         points = rows.points
         if any(p.time == 0 for p in points):
             points = rows.points = [p.stamped(now_ns) for p in points]
+            self._stamp_unsaved = True
         latest = max(p.time for p in points) if points else 0
         if latest > now_ns + self.config.max_future_s * 1e9:
             _refuse_future(points, now_ns, self.config.max_future_s)
@@ -387,7 +403,9 @@ class Store:
         failure: StoreError | None = None
         if accepted or staged:
             try:
-                self._next_seq = await self._apply([w.rows for w in accepted], [b for b, _ in staged])
+                bookkeeping = [b for b, _ in staged] + self._stamp_bookkeeping()
+                self._next_seq = await self._apply([w.rows for w in accepted], bookkeeping)
+                self._stamp_unsaved = False
                 self.commits += 1
                 self.committed_writes += len(accepted)
             except Exception as exc:

@@ -256,3 +256,23 @@ async def test_a_damaged_database_is_refused_and_left_untouched(tmp_path: Path, 
 async def test_a_missing_database_starts_empty(tmp_path: Path) -> None:
     async with Store(StoreConfig(path=str(tmp_path / "new.db"), instance_id="new")) as store:
         assert store.tree.has_node("new")
+
+
+async def test_stamps_keep_increasing_across_a_restart_with_the_clock_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway without an RTC boots with its clock behind: the writes it takes after the
+    restart must still win over the ones it acknowledged before."""
+    path = str(tmp_path / "restart.db")
+    async with Store(StoreConfig(path=path, instance_id="rtc")) as store:
+        await add_node(store, "dev")
+        for value in range(5):
+            await store.submit("dev", [Point("count", value)])
+    real = store_module.time.time_ns
+    monkeypatch.setattr(store_module.time, "time_ns", lambda: real() - 3600 * 10**9)
+    async with Store(StoreConfig(path=path, instance_id="rtc")) as store:
+        for value in range(5, 10):
+            await store.submit("dev", [Point("count", value)])
+        assert {p.type: p for p in await store.node_points("dev")}["count"].value == 9
+        times = [p.time for p in await all_history(store, "dev", "count")]
+        assert times == sorted(set(times)) and len(times) == 10
