@@ -222,8 +222,12 @@ class UpstreamLink:
         return future
 
     async def _result(self, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result of a future
+        # that completes in the same loop iteration as a cancel and drops the cancellation, so
+        # stop() sometimes waited its full 10 s for a link that never saw it.
         try:
-            reply = await asyncio.wait_for(future, timeout=self.config.request_timeout_s)
+            async with asyncio.timeout(self.config.request_timeout_s):
+                reply = await future
         except TimeoutError as exc:
             raise RequestFailed(
                 f"no reply from {self.config.uri} within {self.config.request_timeout_s} s"
@@ -307,7 +311,8 @@ class UpstreamLink:
             await verify(self)
             self._next_digest = time.monotonic() + self.config.digest_interval_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_s)
+            async with asyncio.timeout(self.config.poll_s):
+                await self._wake.wait()
 
     async def _hello(self) -> None:
         reply = await self.request(
