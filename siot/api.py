@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 from siot import subjects
 from siot.codec import DEFAULT_MAX_BATCH_POINTS, decode_points, decode_request, encode
 from siot.errors import InvalidInput, SiotError, StoreBusy, UnknownNode
+from siot.fair import FairScheduler, requester_of
 from siot.outbox import Outbox
 from siot.points import INT64_MAX, INT64_MIN, Point
 from siot.store import ROOT_PARENT, Store, Write
@@ -36,6 +37,10 @@ SUBSCRIPTION_PENDING_MSGS = 1_000_000
 SUBSCRIPTION_PENDING_BYTES = 512 * 1024 * 1024
 BUSY_LOG_INTERVAL_S = 10.0
 MAX_ERROR_KEYS = 10_000
+# Read requests (nodes.*, history.*) run at most this many at once, round-robin across
+# requesters, each of which may have this many waiting (siot/fair.py).
+READ_CONCURRENCY = 4
+READS_PER_REQUESTER = 1_000
 OTHER_ERRORS_KEY = "(other)"
 # Rejected inputs are logged one line each, up to this many per interval: a flood of bad input
 # must not become a flood of log lines (disk, journald).
@@ -81,6 +86,7 @@ class Api:
         self.busy_dropped = 0
         self._busy_logged_at = 0.0
         self._error_log = LogBudget(ERROR_LOG_BURST, ERROR_LOG_INTERVAL_S)
+        self._reads = FairScheduler(READ_CONCURRENCY, READS_PER_REQUESTER)
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
         self._validators: list[Validator] = []
@@ -99,6 +105,7 @@ class Api:
         return lambda: self._stats.pop(name, None)
 
     async def __aenter__(self) -> Api:
+        await self._reads.__aenter__()
         self._remove_listener = self.store.add_commit_listener(self._on_commit)
         limits = {
             "pending_msgs_limit": SUBSCRIPTION_PENDING_MSGS,
@@ -118,6 +125,7 @@ class Api:
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
+        await self._reads.__aexit__(None, None, None)
         if self._remove_listener:
             self._remove_listener()
 
@@ -213,9 +221,19 @@ class Api:
         if msg.reply:
             await self.nc.publish(msg.reply, encode({"ok": True, **reply}))
 
+    async def _read_fairly(self, msg: Msg, node: str, handler: Any) -> None:
+        """Queue a read request under its requester (siot/fair.py) instead of serving it in the
+        subscription's callback, where it would wait behind every request queued before it."""
+        if not msg.reply:
+            return  # a read nobody waits for: nothing to do
+        if not self._reads.submit(requester_of(msg.reply), lambda: self._respond(msg, node, handler)):
+            await self._refuse_busy(
+                msg, StoreBusy(f"busy: {READS_PER_REQUESTER} of your read requests are waiting; retry later")
+            )
+
     async def _on_nodes(self, msg: Msg) -> None:
         _, parent, node = msg.subject.split(".")
-        await self._respond(msg, node, lambda req: self._nodes(parent, node, req))
+        await self._read_fairly(msg, node, lambda req: self._nodes(parent, node, req))
 
     def _page_budget(self) -> int:
         return self.nc.max_payload - REPLY_ENVELOPE_BYTES
@@ -267,7 +285,7 @@ class Api:
 
     async def _on_history(self, msg: Msg) -> None:
         node = msg.subject.split(".", 1)[1]
-        await self._respond(msg, node, lambda req: self._history(node, req))
+        await self._read_fairly(msg, node, lambda req: self._history(node, req))
 
     async def _history(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
         if not self.store.tree.has_node(node):

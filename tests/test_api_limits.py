@@ -11,13 +11,14 @@ import nats
 from support import SiotProcess
 from sync_support import until
 
-from siot.api import ERROR_LOG_BURST, MAX_ERROR_KEYS, OTHER_ERRORS_KEY
+from siot.api import ERROR_LOG_BURST, MAX_ERROR_KEYS, OTHER_ERRORS_KEY, READS_PER_REQUESTER
 from siot.client import Client
 from siot.codec import encode
 from siot.errors import RequestFailed
 from siot.points import Point
 
 FLOOD = 20_000
+T0 = 1_700_000_000_000_000_000
 BAD_INPUTS = MAX_ERROR_KEYS + 2_000
 
 
@@ -73,3 +74,25 @@ async def test_a_flood_of_bad_input_keeps_counters_and_log_bounded(
     assert len(errors) == MAX_ERROR_KEYS + 1 and errors[OTHER_ERRORS_KEY] == BAD_INPUTS - MAX_ERROR_KEYS
     logged = [line for line in siot_process.log().splitlines() if "rejected input" in line]
     assert len(logged) == ERROR_LOG_BURST  # the rest of the flood is counted, not logged
+
+
+async def test_a_flood_of_unread_history_requests_does_not_hold_up_another_client(
+    siot_process: SiotProcess, siot: Client
+) -> None:
+    """50,000 history requests whose replies nobody reads used to delay a real one ~10 s: they
+    were served one by one in arrival order. Now each requester takes its turn."""
+    node = await siot.create_node(siot.root_id, "device")
+    await siot.send_points(node, [Point("temp", float(i), time=T0 + i) for i in range(100)])
+    flooder = await nats.connect(siot_process.url)
+    try:
+        request = encode({"type": "temp"})
+        for i in range(50_000):
+            await flooder.publish(f"history.{node}", request, reply=f"unread.flood.{i}")
+        await flooder.flush()
+        async with asyncio.timeout(5):  # served in its turn, not after the whole flood
+            history = await siot.history(node, "temp")
+        assert len(history) == 100
+    finally:
+        await flooder.close()
+    stats = await siot.stats()
+    assert stats["busyRefused"] >= READS_PER_REQUESTER  # past its queue, the flooder was told
