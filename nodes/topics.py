@@ -8,9 +8,23 @@ from __future__ import annotations
 
 from siot.errors import InvalidInput
 
-# First subject tokens that belong to siot itself; an ingest filter over them would feed its own
-# writes back to itself.
-RESERVED_FIRST_TOKENS = frozenset(("p", "up", "nodes", "history", "siot", "_INBOX"))
+# First subject tokens that belong to siot itself (siot/subjects.py, sync/protocol.py), and why:
+# an ingest filter over them would take siot's own traffic for device messages, feed its own
+# writes back to itself, or answer requests meant for the API or for sync (as the edge's peer).
+SIOT_FIRST_TOKENS = {
+    "p": "points written to nodes (p.<node>; a device that speaks siot points publishes there "
+    "directly, without an ingest node)",
+    "up": "committed changes fanned out to ancestors (up.<ancestor>.<node>)",
+    "nodes": "node reads (nodes.<parent>.<node>)",
+    "history": "history reads (history.<node>)",
+    "siot": "instance requests (siot.stats, siot.sync.status)",
+    "sync": "sync between instances (sync.hello/up/pull/digest/state/notify.<edge>)",
+}
+RESERVED_FIRST_TOKENS = frozenset(SIOT_FIRST_TOKENS)
+# First tokens nats-server and NATS clients use for themselves: every `$`-prefixed one ($MQTT,
+# $JS, $SYS, $KV, $O, $SRV, $G, ...) and every `_`-prefixed one (_INBOX request replies, _R_ and
+# _GR_ service and gateway replies, ...).
+BROKER_PREFIXES = ("$", "_")
 
 
 def _level_to_token(level: str) -> str:
@@ -42,12 +56,28 @@ def subject_to_levels(subject: str) -> list[str]:
     return ["" if token == "/" else token.replace("//", ".") for token in subject.split(".")]
 
 
-def check_not_reserved(subject: str) -> str:
-    """Refuse a filter that would match siot's own subjects (p.*, up.*, ...)."""
+def reserved_reason(subject: str) -> str | None:
+    """Why filter `subject` could match a subject of siot or of the broker, or None if it cannot.
+    Every such subject is told apart by its first token, so the first token decides: a wildcard
+    there (`>`, `*`, `*.x`) matches them all."""
     first = subject.split(".", 1)[0]
-    if first in ("*", ">") or first in RESERVED_FIRST_TOKENS:
-        raise InvalidInput(
-            f"filter {subject!r} overlaps siot's own subjects ({', '.join(sorted(RESERVED_FIRST_TOKENS))}); "
-            "devices that speak siot points publish to p/<node> directly, without an ingest node"
+    if first in ("*", ">"):
+        return f"a wildcard first token ({first!r}) also matches siot's and the broker's own subjects"
+    if first in SIOT_FIRST_TOKENS:
+        return f"{first!r} subjects are siot's own: {SIOT_FIRST_TOKENS[first]}"
+    if first.startswith(BROKER_PREFIXES):
+        return (
+            f"subjects starting with {first[0]!r} ({first}) are NATS's internal ones "
+            "(the broker's, and request replies)"
         )
+    return None
+
+
+def check_not_reserved(subject: str, topic: str = "") -> str:
+    """Refuse a filter that could match siot's own subjects (p.*, up.*, sync.*, ...) or the
+    broker's (`$MQTT.>`, `$JS.>`, `_INBOX.>`, ...). `topic`: the MQTT filter it came from."""
+    reason = reserved_reason(subject)
+    if reason is not None:
+        source = f"MQTT topic {topic!r} (subject {subject!r})" if topic else f"subject {subject!r}"
+        raise InvalidInput(f"filter {source} is refused: {reason}")
     return subject

@@ -17,6 +17,7 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
+from siot.api import LogBudget
 from siot.app import AppContext
 from siot.client import Change
 from siot.codec import encode
@@ -30,6 +31,9 @@ from siot.points import Point
 logger = logging.getLogger(__name__)
 
 ERROR_POINT_MIN_INTERVAL_NS = 1_000_000_000
+# The WARNING that goes with an error point: at most one per WARNING_INTERVAL_S per node (with
+# how many were not logged), so a device flooding bad messages does not flood the log.
+WARNING_INTERVAL_S = 10.0
 # Batches of held messages (up to durable.FETCH_BATCH each) whose commit is under way: bounds the
 # memory and the requests in flight; when all are taken the consumer is not pulled until commits
 # come back.
@@ -47,6 +51,23 @@ def retryable(exc: SiotError) -> bool:
 
 class DeletedDevice(InvalidInput):
     """A message names a device that was deleted: it stays deleted, the message is refused."""
+
+
+class DeviceLimit(InvalidInput):
+    """A message names a new device, and the ingest node has `maxDevices` already."""
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters of every ingest node of an instance together, served in `siot.stats` as
+    `ingest` (a fixed set of fields, whatever the number of nodes or devices)."""
+
+    received: int = 0
+    refused: int = 0  # messages refused: bad input, deleted device, device limit, data model
+    device_limit: int = 0  # of those, refused because they would create a device past maxDevices
+
+    def wire(self) -> dict[str, int]:
+        return {"received": self.received, "refused": self.refused, "deviceLimit": self.device_limit}
 
 
 @dataclass(slots=True)
@@ -80,20 +101,23 @@ class IngestRunner:
     order and are acked once committed: refused input is acked too (counted, like any refusal),
     a store that cannot commit now gets the message again after RETRY_DELAY_S."""
 
-    def __init__(self, ctx: AppContext, config: IngestConfig) -> None:
+    def __init__(self, ctx: AppContext, config: IngestConfig, stats: IngestStats | None = None) -> None:
         self.ctx = ctx
         self.config = config
+        self.stats = stats if stats is not None else IngestStats()
         self.devices: dict[str, str] = {}
         self.received = 0
         self.errors = 0
         self.refused: Counter[str] = Counter()  # messages refused per deleted device name
         self.retries = 0  # held messages given back to the broker because the store could not commit
+        self.device_limit_refused = 0  # messages that would have created a device past maxDevices
         self._listener = Listener(ctx, config.id, self._on_msg)
         self._durable = DurableIntake(ctx, config.id, self._on_held)
         self._held_slots = asyncio.Semaphore(MAX_HELD_BATCHES)
         self._tasks: set[asyncio.Task[None]] = set()
         self._create_lock = asyncio.Lock()  # plain and held messages may name a new device at once
         self._last_error_ns = 0
+        self._warnings = LogBudget(1, WARNING_INTERVAL_S)
         self._last_retry_log_ns = 0
 
     @property
@@ -166,12 +190,22 @@ class IngestRunner:
 
     async def _device_id(self, name: str) -> str:
         """The device node for `name`, created under the ingest node on first sight.
-        Raises `DeletedDevice` for a device a user deleted."""
+        Raises `DeletedDevice` for a device a user deleted, `DeviceLimit` for a new one past
+        `maxDevices` (every name the node knows counts, deleted devices too)."""
         device = self.devices.get(name)
         if device is None:
             async with self._create_lock:
                 device = self.devices.get(name)
                 if device is None:
+                    if len(self.devices) >= self.config.max_devices:
+                        self.device_limit_refused += 1
+                        self.stats.device_limit += 1
+                        raise DeviceLimit(
+                            f"device limit reached: this ingest node has {len(self.devices)} devices "
+                            f"(maxDevices {self.config.max_devices}); new device {_short(name)} not "
+                            f"created, its message refused ({self.device_limit_refused} so far); "
+                            "raise maxDevices to take more"
+                        )
                     device = await self.ctx.client.create_node(
                         self.node, self.config.device_type, self._metadata(name)
                     )
@@ -190,6 +224,7 @@ class IngestRunner:
         if self._durable.active and held_by_broker(msg):
             return  # held in JetStream for this node: it comes through _on_held
         self.received += 1
+        self.stats.received += 1
         try:
             readings = map_message(self.config, msg.subject, msg.data, time.time_ns())
             sends = [(await self._device_id(r.device), r) for r in readings]
@@ -235,6 +270,7 @@ class IngestRunner:
         for msg in msgs:
             subject = msg.subject.removeprefix(MQTT_SUBJECT_PREFIX)
             self.received += 1
+            self.stats.received += 1
             try:
                 readings = map_message(self.config, subject, msg.data, stored_ns(msg))
                 sends = [(await self._device_id(r.device), r.points) for r in readings]
@@ -316,14 +352,23 @@ class IngestRunner:
             await msg.nak(delay=RETRY_DELAY_S)
 
     async def _fail(self, reply: str | None, message: str) -> None:
-        """Count, log, and record the error on the ingest node (at most one point a second)."""
+        """Count, log, and record the error on the ingest node: the `error` point is updated at
+        most once a second, the WARNING written at most once per WARNING_INTERVAL_S."""
         self.errors += 1
+        self.stats.refused += 1
         if reply:
             await self.ctx.nc.publish(reply, encode({"error": message}))
         now = time.time_ns()
         if now - self._last_error_ns < ERROR_POINT_MIN_INTERVAL_NS:
             return
         self._last_error_ns = now
-        logger.warning("ingest %s: %s (%d error(s) so far)", self.node, message, self.errors)
+        if (held_back := self._warnings.take()) is not None:
+            more = f", {held_back} error point(s) since the last WARNING" if held_back else ""
+            logger.warning("ingest %s: %s (%d error(s) so far%s)", self.node, message, self.errors, more)
         error = Point("error", message, time=now, origin=self.node)
         await self.ctx.client.send_points(self.node, [error], ack=False)
+
+
+def _short(name: str) -> str:
+    """A device name for a message: a hostile one can be long."""
+    return repr(name if len(name) <= 64 else name[:64] + "...")
