@@ -52,32 +52,37 @@ async def state_rows(
     store: Store, members: Collection[str], only: Iterable[str] | None = None
 ) -> list[LogRow]:
     """Current state of a subtree as rows: node points of every node in `members` and edge points
-    of every edge whose parent and child are both members. `only` narrows it to those children."""
+    of every edge whose parent and child are both members. `only` narrows it to those children.
+
+    Read `IN_CHUNK` members at a time, and one call at a time per store: a whole-table read per
+    request (digests of every edge, forged or not) took the daemon past 3 GB under 300
+    concurrent digest requests."""
     member_set = set(members)
     wanted = member_set if only is None else member_set.intersection(only)
+    ordered = sorted(wanted)
+    async with store.bulk_reads:
+        return await _state_rows(store, member_set, ordered)
+
+
+async def _state_rows(store: Store, member_set: set[str], ordered: list[str]) -> list[LogRow]:
     result: list[LogRow] = []
-    if only is None:
-        chunks: list[list[str]] = [[]]
-    else:
-        ordered = sorted(wanted)
-        chunks = [ordered[i : i + IN_CHUNK] for i in range(0, len(ordered), IN_CHUNK)]
-    for chunk in chunks:
-        where, params = ("", ()) if only is None else (_in_clause(chunk), tuple(chunk))
+    for start in range(0, len(ordered), IN_CHUNK):
+        chunk = ordered[start : start + IN_CHUNK]
+        where, params = _in_clause(chunk), tuple(chunk)
         node_rows = await store.fetch(
             "SELECT node, type, key, time, value, tombstone, origin FROM points"
             f"{where} ORDER BY node, type, key",
             params,
         )
         for node, ptype, key, t, value, tombstone, origin in node_rows:
-            if node in wanted:
-                result.append((0, node, "", ptype, key, t, value, tombstone, origin, "", 0))
+            result.append((0, node, "", ptype, key, t, value, tombstone, origin, "", 0))
         edge_rows = await store.fetch(
             "SELECT parent, node, type, key, time, value, tombstone, origin FROM edge_points"
             f"{where} ORDER BY node, parent, type, key",
             params,
         )
         for parent, node, ptype, key, t, value, tombstone, origin in edge_rows:
-            if node in wanted and parent in member_set:
+            if parent in member_set:
                 result.append((0, node, parent, ptype, key, t, value, tombstone, origin, "", 0))
     return result
 

@@ -143,6 +143,8 @@ class Store:
         self._tasks: set[asyncio.Task[None]] = set()
         self._checkpointer: Checkpointer | None = None
         self._closing = False
+        # Reads of whole subtrees (sync digests and repairs) run one at a time (store/log.py).
+        self.bulk_reads = asyncio.Semaphore(1)
         self._last_stamp = 0  # the newest time given to a time-0 point (see `_stamp_base`)
         self._stamp_unsaved = False  # a time-0 point was stamped since meta.last_stamp was saved
         # Transactions and the writes they carried: their ratio is the group size, which decides
