@@ -54,6 +54,7 @@ from siot.cmd.common import dumps
 from siot.cmd.mqtt_link import DEFAULT_MQTT_HOST
 from siot.cmd.sim import SimOptions, Simulator, Summary
 from siot.errors import RequestFailed
+from siot.nodes.ingest.config import DEFAULT_MAX_DEVICES
 from siot.nodes.ingest.durable import MQTT_STREAM, consumer_name
 from siot.nodes.listener import ListenerState, wait_state
 from siot.points import Point
@@ -126,8 +127,9 @@ def daemon_cpu_s(pid: int | None) -> float | None:
         return None
 
 
-async def make_ingest(client: Client, topic: str, *, durable: bool = True) -> str:
-    """An ingest node for the simulated soil sensors on `<topic>/<device>`, listening."""
+async def make_ingest(client: Client, topic: str, *, durable: bool = True, devices: int = 0) -> str:
+    """An ingest node for the simulated soil sensors on `<topic>/<device>`, listening; `devices`:
+    how many it must be able to create (past the node's default `maxDevices`, 1,000)."""
     ingest = await client.create_node(
         client.root_id,
         "ingest",
@@ -137,6 +139,7 @@ async def make_ingest(client: Client, topic: str, *, durable: bool = True) -> st
             Point("deviceField", "name"),
             Point("field", "humidity", key="humidity"),
             Point("durable", int(durable)),
+            *([Point("maxDevices", devices)] if devices > DEFAULT_MAX_DEVICES else []),
         ],
     )
     await wait_state(client, ingest, ListenerState.LISTENING)
@@ -234,7 +237,7 @@ async def mqtt_main(
     topic = f"siot-bench-{secrets.token_hex(4)}"
     per_device = max(1, messages // devices)
     try:
-        ingest = await make_ingest(client, topic)
+        ingest = await make_ingest(client, topic, devices=devices)
 
         def simulator(transport: str, count: int, *, ack: bool = False) -> Simulator:
             options = SimOptions(
@@ -394,7 +397,7 @@ async def kill_trial(workdir: Path, *, durable: bool, trial: int, devices: int, 
     with serve_process(workdir, nats_port, args) as instance:
         client = await connect_when_ready(instance, "")
         try:
-            ingest = await make_ingest(client, topic, durable=durable)
+            ingest = await make_ingest(client, topic, durable=durable, devices=devices)
             warm = await simulator("nats", 1, ack=True).run()  # the devices exist before the trial
             if warm.errors:
                 raise click.ClickException(f"warm-up failed: {warm.last_error}")
