@@ -33,8 +33,12 @@ logger = logging.getLogger(__name__)
 OK_REPLY = encode({"ok": True})
 DEFAULT_HISTORY_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 1_000_000
-SUBSCRIPTION_PENDING_MSGS = 1_000_000
-SUBSCRIPTION_PENDING_BYTES = 512 * 1024 * 1024
+# What nats-py may hold for p.> before the callback takes it; past it nats-server's messages are
+# dropped as a slow consumer's (reported by the connection's error callback). The callback only
+# decodes and queues (the store's own queue is bounded), so this fills only when decoding falls
+# behind a flood; 64 MB keeps the daemon inside its memory budget then.
+SUBSCRIPTION_PENDING_MSGS = 200_000
+SUBSCRIPTION_PENDING_BYTES = 64 * 1024 * 1024
 BUSY_LOG_INTERVAL_S = 10.0
 MAX_ERROR_KEYS = 10_000
 # Read requests (nodes.*, history.*) run at most this many at once, round-robin across

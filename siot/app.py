@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.errors import SlowConsumerError
 
 from siot import nats_client
-from siot.api import Api, wait_closed
+from siot.api import Api, LogBudget, wait_closed
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT, Broker, BrokerConfig
 from siot.client import Client
 from siot.store import Store, StoreConfig
@@ -227,7 +228,17 @@ class App:
         await self._stop.wait()
 
 
+_slow_consumer_log = LogBudget(burst=1, interval_s=10.0)
+
+
 async def _log_nats_error(exc: Exception) -> None:
+    if isinstance(exc, SlowConsumerError):
+        # One per dropped message under a flood: logged at most every 10 s, with the count.
+        held_back = _slow_consumer_log.take()
+        if held_back is not None:
+            more = f" ({held_back} more dropped since the last report)" if held_back else ""
+            logger.warning("nats: %s%s", exc, more)
+        return
     logger.warning("nats: %s", exc)
 
 
