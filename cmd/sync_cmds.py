@@ -38,11 +38,16 @@ def peer_lines(peer: dict[str, Any]) -> list[str]:
         f"their log applied to seq {peer['inCursor']}"
     )
     lines.append(f"  sent {peer['shipped']}, received {peer['received']} rows since start")
-    lines.append(f"  last sync {_when(peer['lastSyncTime'])}")
+    lines.append(f"  last sync {_when(peer['lastSyncTime'])}, last heard {_when(peer['lastSeenTime'])}")
     if peer.get("digestTime"):
         verdict = "match" if peer["digestOk"] else "MISMATCH"
         lines.append(
             f"  digest {peer['digest']} {verdict} at {_when(peer['digestTime'])}, repairs {peer['repairs']}"
+        )
+    if peer.get("conflicts"):
+        lines.append(
+            f"  CONFLICT: refused {peer['conflicts']} requests from another instance claiming this id, "
+            f"last at {_when(peer['lastConflictTime'])}"
         )
     if peer.get("lastError"):
         lines.append(f"  last error ({_when(peer['lastErrorTime'])}): {peer['lastError']}")
@@ -55,9 +60,11 @@ def peer_lines(peer: dict[str, Any]) -> list[str]:
 def status(target: Target, json_: bool) -> None:
     """Show each sync peer: connected or not, cursors, backlog, last error, last sync time.
 
-    On an edge this lists its upstream; on a cloud instance, every edge that has said hello
-    since it started. The backlog on a cloud is an upper bound (log entries after the edge's
-    cursor, before filtering to the edge's subtree).
+    On an edge this lists its upstream; on a cloud instance, every edge attached to it (every
+    downstream root, connected now or not, with when it was last heard from), and any id whose
+    requests were refused since start. The state `conflict` means that another instance with the
+    same id is syncing with that upstream. The backlog on a cloud is an upper bound (log
+    entries after the edge's cursor, before filtering to the edge's subtree).
 
     Example usage:
 

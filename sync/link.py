@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import random
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class LinkConfig:
     poll_s: float = DEFAULT_POLL_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     digest_interval_s: float = DEFAULT_DIGEST_INTERVAL_S
+    session: str = ""  # this data directory's sync session token; "" = a random one per link
 
 
 class LinkDown(SiotError):
@@ -112,6 +114,8 @@ class UpstreamLink:
         self._need_hello = True
         self._next_digest = 0.0
         self._remove_listener: Any = None
+        # Sent with every request: the upstream serves one session per edge id (docs/sync.md).
+        self.session = config.session or secrets.token_hex(8)
 
     @property
     def edge_id(self) -> str:
@@ -138,6 +142,10 @@ class UpstreamLink:
                 logger.error("sync: link to %s did not stop in %.0f s", self.config.uri, STOP_TIMEOUT_S)
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
+                if self._nc.is_connected and self.upstream_id:  # free our id there at once
+                    await self._nc.publish(
+                        protocol.bye(self.edge_id), encode({protocol.SESSION: self.session})
+                    )
                 await asyncio.wait_for(self._nc.close(), timeout=5)
         logger.info("sync: link to %s stopped", self.config.uri)
 
@@ -218,6 +226,7 @@ class UpstreamLink:
         token = str(next(self._counter))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[token] = future
+        payload = {**payload, protocol.SESSION: self.session}
         await self._nc.publish(subject, encode(payload), reply=f"{self._inbox}.{token}")
         return future
 
@@ -276,6 +285,10 @@ class UpstreamLink:
                     self._set_detached(message)
                     await asyncio.sleep(DETACHED_RETRY_S)
                     continue
+                if message.startswith(protocol.CONFLICT):
+                    self._set_conflict(message)
+                    await asyncio.sleep(DETACHED_RETRY_S)
+                    continue
                 self.status.error(message)
                 if self.status.state == LinkState.CONNECTED:
                     self.status.state = LinkState.DISCONNECTED
@@ -292,6 +305,12 @@ class UpstreamLink:
         if self.status.state != LinkState.DETACHED:
             logger.warning("sync: %s; syncing stops until the upstream re-adds this edge", message)
         self.status.state = LinkState.DETACHED
+        self.status.error(message)
+
+    def _set_conflict(self, message: str) -> None:
+        if self.status.state != LinkState.CONFLICT:
+            logger.warning("sync: refused by upstream %s: %s", self.config.uri, message)
+        self.status.state = LinkState.CONFLICT
         self.status.error(message)
 
     async def _round(self) -> None:

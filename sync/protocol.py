@@ -25,6 +25,12 @@ MAX_WINDOW_BYTES = 768 * 1024
 ROW_OVERHEAD_BYTES = 24
 ROW_FIELDS = 11
 STATUS = "siot.sync.status"
+# Every request carries the sending link's session token (random per link, so per process): the
+# upstream serves one session per edge id at a time, and refuses another one while it is live.
+SESSION = "session"
+MAX_SESSION_CHARS = 64
+SESSION_TIMEOUT_S = 20.0  # an edge polls every 5 s; a session silent this long may be taken over
+CONFLICT = "conflict"  # the prefix of the error a refused session gets
 
 
 def hello(edge: str) -> str:
@@ -52,12 +58,24 @@ def state(edge: str) -> str:
     return f"sync.state.{edge}"
 
 
+def bye(edge: str) -> str:
+    """edge -> upstream: this session is closing (a clean stop); another may take the id at once."""
+    return f"sync.bye.{edge}"
+
+
 def notify(edge: str) -> str:
     """upstream -> edge: something for the edge was committed; pull now."""
     return f"sync.notify.{edge}"
 
 
-SERVER_SUBJECTS = ("sync.hello.*", "sync.up.*", "sync.pull.*", "sync.digest.*", "sync.state.*")
+SERVER_SUBJECTS = (
+    "sync.hello.*",
+    "sync.up.*",
+    "sync.pull.*",
+    "sync.digest.*",
+    "sync.state.*",
+    "sync.bye.*",
+)
 
 
 def row_size(row: LogRow) -> int:

@@ -16,6 +16,7 @@ import reprlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -39,7 +40,9 @@ SCAN_ROWS = 5_000
 MAX_SCAN_PER_PULL = 100_000
 DIGEST_PAGE_NODES = 5_000
 MAX_STATE_NODES = 1_000
-STALE_AFTER_S = 20.0  # an edge polls every few seconds; silence beyond this means it is gone
+# An edge polls every few seconds: silence beyond this means it is gone.
+STALE_AFTER_S = protocol.SESSION_TIMEOUT_S
+CONFLICT_WARN_EVERY_S = 60.0  # one WARNING per refused session and minute, not one per retry
 SUBSCRIPTION_PENDING_MSGS = 100_000
 SUBSCRIPTION_PENDING_BYTES = 256 * 1024 * 1024
 
@@ -49,6 +52,26 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 class Detached(InvalidInput):
     """The edge's root has no live parent here: it was deleted from our tree and stays detached
     until someone re-adds (undeletes) it here."""
+
+
+class Conflict(InvalidInput):
+    """Another session (another instance started with the same id) is live for this edge id."""
+
+
+@dataclass(slots=True)
+class Session:
+    """The one link currently served for an edge id: its token and when we last heard from it."""
+
+    token: str
+    seen: float  # time.monotonic()
+
+
+def _session_token(request: dict[str, Any]) -> str:
+    token = request.get(protocol.SESSION) or ""
+    if not isinstance(token, str) or len(token) > protocol.MAX_SESSION_CHARS:
+        limit = protocol.MAX_SESSION_CHARS
+        raise InvalidInput(f"'{protocol.SESSION}' must be a string of at most {limit} characters")
+    return token
 
 
 def _int_field(request: dict[str, Any], name: str, default: int | None) -> int | None:
@@ -73,6 +96,7 @@ class SyncServer:
         window_rows: int = protocol.DEFAULT_WINDOW_ROWS,
         window_bytes: int = protocol.DEFAULT_WINDOW_BYTES,
         downstream_roots: set[str] | None = None,
+        upstream_ids: Callable[[], set[str]] | None = None,
     ) -> None:
         self.nc = nc
         # Shared with AppContext: attached edges' roots, whose subtrees local node clients leave alone.
@@ -81,7 +105,12 @@ class SyncServer:
         self.book = book
         self.window_rows = window_rows
         self.window_bytes = window_bytes
+        # The upstreams this instance itself syncs to (ids that must never attach here as edges).
+        self.upstream_ids = upstream_ids or set
         self.peers: dict[str, PeerStatus] = {}
+        self.sessions: dict[str, Session] = {}
+        self._conflict_warned: dict[tuple[str, str], float] = {}
+        self._up_next: dict[str, int] = {}  # per edge: the `from` the next log window may start at
         self.errors: Counter[str] = Counter()
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -92,7 +121,7 @@ class SyncServer:
             "pending_msgs_limit": SUBSCRIPTION_PENDING_MSGS,
             "pending_bytes_limit": SUBSCRIPTION_PENDING_BYTES,
         }
-        handlers = (self._on_hello, self._on_up, self._on_pull, self._on_digest, self._on_state)
+        handlers = (self._on_hello, self._on_up, self._on_pull, self._on_digest, self._on_state, self._on_bye)
         for subject, handler in zip(protocol.SERVER_SUBJECTS, handlers, strict=True):
             self._subs.append(await self.nc.subscribe(subject, cb=handler, **limits))
         await self.nc.flush()
@@ -116,14 +145,48 @@ class SyncServer:
 
     # ---- helpers ----
 
-    def peer(self, edge: str) -> PeerStatus:
+    def _record(self, edge: str) -> PeerStatus:
         status = self.peers.get(edge)
         if status is None:
             status = self.peers[edge] = PeerStatus(peer=edge, role=Role.DOWNSTREAM)
             status.out_cursor = self.book.get(edge, OUT) or 0
             status.in_cursor = self.book.get(edge, IN) or 0
+        return status
+
+    def peer(self, edge: str) -> PeerStatus:
+        """The edge's status record, marked as heard from now."""
+        status = self._record(edge)
         status.last_seen_ns = time.time_ns()
         return status
+
+    def _claim(self, edge: str, request: dict[str, Any], *, hello: bool = False) -> None:
+        """Serve one session per edge id: refuse a request from another session while the
+        current one is live (two instances started with the same id would otherwise both sync,
+        and diverge). A hello may take over a session silent for `SESSION_TIMEOUT_S`, or one
+        that said bye. Synchronous, so two concurrent hellos cannot both pass."""
+        token = _session_token(request)
+        now = time.monotonic()
+        current = self.sessions.get(edge)
+        if current is not None and current.token != token:
+            quiet = now - current.seen
+            if quiet < protocol.SESSION_TIMEOUT_S:
+                raise Conflict(
+                    f"{protocol.CONFLICT}: edge id '{edge}' is already connected from another instance "
+                    f"to {self.store.instance_id} "
+                    f"(session {current.token[:8] or '-'}, heard {quiet:.1f} s ago; this is session "
+                    f"{token[:8] or '-'}): two instances must not share an id, give one of them another "
+                    f"--id; a session silent for {protocol.SESSION_TIMEOUT_S:.0f} s may be taken over"
+                )
+            if not hello:
+                raise InvalidInput(f"session {token[:8] or '-'} of edge '{edge}' must say hello first")
+            logger.warning(
+                "sync server: edge %s: session %s takes over from session %s, silent for %.0f s",
+                edge,
+                token[:8] or "-",
+                current.token[:8] or "-",
+                quiet,
+            )
+        self.sessions[edge] = Session(token, now)
 
     def _known_edge(self, edge: str) -> bool:
         """An edge that attached here (now or before a restart: its cursors are in the book)."""
@@ -133,12 +196,13 @@ class SyncServer:
             or self.book.get(edge, IN) is not None
         )
 
-    def _check_attached(self, edge: str) -> None:
+    def _check_attached(self, edge: str, request: dict[str, Any]) -> None:
         tree = self.store.tree
         if not tree.has_node(edge):
             raise UnknownNode(edge, "say hello on sync.hello first")
         if not self._known_edge(edge):
             raise InvalidInput(f"'{edge}' is a node of {self.store.instance_id}, not an edge attached to it")
+        self._claim(edge, request)
         if not tree.live_parents(edge):
             self.peer(edge).state = LinkState.DETACHED
             raise Detached(f"detached: edge '{edge}' was deleted from the tree of {self.store.instance_id}")
@@ -154,11 +218,31 @@ class SyncServer:
 
     async def _fail(self, msg: Msg, edge: str, exc: Exception) -> None:
         self.errors[edge] += 1
-        if not isinstance(exc, Detached):
-            logger.warning("sync server: refused %s: %s", msg.subject, exc)
-        if edge in self.peers:
-            self.peers[edge].error(str(exc))
+        if isinstance(exc, Conflict):
+            self._record(edge).conflict(str(exc))
+            self._warn_conflict(msg, edge, exc)
+        else:
+            if not isinstance(exc, Detached):
+                logger.warning("sync server: refused %s: %s", msg.subject, exc)
+            if edge in self.peers:
+                self.peers[edge].error(str(exc))
         await self._reply(msg, {"error": str(exc)})
+
+    def _warn_conflict(self, msg: Msg, edge: str, exc: Conflict) -> None:
+        """A refused instance retries every few seconds: warn once a minute per session."""
+        try:
+            token = _session_token(decode_request(msg.data))
+        except InvalidInput:
+            token = ""
+        now = time.monotonic()
+        if now - self._conflict_warned.get((edge, token), -CONFLICT_WARN_EVERY_S) < CONFLICT_WARN_EVERY_S:
+            return
+        if len(self._conflict_warned) > 1_000:
+            self._conflict_warned = {
+                k: t for k, t in self._conflict_warned.items() if now - t < CONFLICT_WARN_EVERY_S
+            }
+        self._conflict_warned[(edge, token)] = now
+        logger.warning("sync server: refused %s: %s", msg.subject, exc)
 
     def _serve(self, msg: Msg, handler: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
         """Answer a request in its own task, so a slow one does not hold up other edges."""
@@ -189,9 +273,14 @@ class SyncServer:
         if edge == store.instance_id:
             raise InvalidInput(f"instance '{edge}' cannot sync with itself")
         tree = store.tree
+        if edge in self.upstream_ids() or (not tree.has_node(edge) and self._known_edge(edge)):
+            # Its cursors in our book are those of our own link to it: attaching would reset them.
+            raise InvalidInput(f"'{edge}' is an upstream of {store.instance_id}, not an edge of it")
         if tree.has_node(edge) and not self._known_edge(edge):
             # Saying hello as an existing node would make its subtree writable over sync.up.
             raise InvalidInput(f"'{edge}' is a node of {store.instance_id}, not an edge: it cannot attach")
+        self._claim(edge, request, hello=True)
+        self._up_next[edge] = self.book.get(edge, IN) or 0
         if not tree.has_node(edge):
             parent = request.get("parent") or store.root_id
             if not isinstance(parent, str):
@@ -211,7 +300,8 @@ class SyncServer:
         status.state = LinkState.CONNECTED if parents else LinkState.DETACHED
         status.out_cursor = self.book.get(edge, OUT) or 0
         if parents:
-            logger.info("sync server: edge %s connected", edge)
+            session = self.sessions[edge].token[:8] or "-"
+            logger.info("sync server: edge %s connected (session %s)", edge, session)
         return {
             "instance": store.instance_id,
             "version": protocol.PROTOCOL_VERSION,
@@ -229,8 +319,10 @@ class SyncServer:
         try:
             subjects.check_node_token(edge, what="edge id")
             request = decode_request(msg.data)
-            self._check_attached(edge)
+            self._check_attached(edge, request)
             to = _int_field(request, "to", None)
+            if to is not None:
+                self._check_window(edge, _int_field(request, "from", None), to)
             rows = protocol.decode_rows(request.get("rows", []))
             inside, outside = self._in_subtree(edge, rows)
             # Queued here, inside the callback, so windows commit in arrival order.
@@ -244,6 +336,22 @@ class SyncServer:
         if outside:
             self.errors[edge] += 1  # one count per window that reached outside the edge's subtree
         self._spawn(self._finish_up(msg, edge, pending, to, len(rows), outside))
+
+    def _check_window(self, edge: str, start: int | None, to: int) -> None:
+        """A log window must continue what we have applied: one starting past it would move our
+        cursor over rows we never received. (Windows pipeline, so the next start is tracked as
+        they arrive, before their commits.)"""
+        if start is None or start > to:
+            raise InvalidInput(f"a log window needs 'from' <= 'to', got from {start} to {to}")
+        expected = self._up_next.get(edge)
+        if expected is None:
+            expected = self.book.get(edge, IN) or 0
+        if start > expected:
+            raise InvalidInput(
+                f"window from {start} leaves a gap: {self.store.instance_id} has your log up to {expected}; "
+                "say hello and resend from its inCursor"
+            )
+        self._up_next[edge] = max(expected, to)
 
     def _in_subtree(
         self, edge: str, rows: list[protocol.SyncRow]
@@ -316,7 +424,7 @@ class SyncServer:
         self._serve(msg, self._pull)
 
     async def _pull(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
-        self._check_attached(edge)
+        self._check_attached(edge, request)
         status = self.peer(edge)
         ack = _int_field(request, "ack", None)
         if ack is not None and ack > self.store.last_seq:
@@ -361,7 +469,7 @@ class SyncServer:
         self._serve(msg, self._digest)
 
     async def _digest(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
-        self._check_attached(edge)
+        self._check_attached(edge, request)
         after = request.get("after") or ""
         if not isinstance(after, str):
             raise InvalidInput("'after' must be a node id")
@@ -378,7 +486,7 @@ class SyncServer:
         self._serve(msg, self._state)
 
     async def _state(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
-        self._check_attached(edge)
+        self._check_attached(edge, request)
         nodes = request.get("nodes")
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
             raise InvalidInput("'nodes' must be a list of node ids")
@@ -387,6 +495,20 @@ class SyncServer:
         members = self._members(edge)
         rows = order_state_rows(await state_rows(self.store, members, only=nodes), members)
         return {"rows": protocol.encode_rows(rows)}
+
+    async def _on_bye(self, msg: Msg) -> None:
+        self._serve(msg, self._bye)
+
+    async def _bye(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The current session closes cleanly: the id is free for another at once."""
+        token = _session_token(request)
+        current = self.sessions.get(edge)
+        if current is not None and current.token == token:
+            del self.sessions[edge]
+            if edge in self.peers and self.peers[edge].state == LinkState.CONNECTED:
+                self.peers[edge].state = LinkState.DISCONNECTED
+            logger.info("sync server: edge %s (session %s) said bye", edge, token[:8] or "-")
+        return {}
 
     # ---- notify and status ----
 
@@ -408,9 +530,27 @@ class SyncServer:
             await self.nc.publish(protocol.notify(edge), b"")
 
     async def status(self) -> list[dict[str, Any]]:
+        """Every downstream root (each edge attached here, heard from since start or not), and
+        any other id that asked (refused ones included, with their error)."""
         now = time.time_ns()
+        tree = self.store.tree
+        unseen = {e for e in self.downstream_roots if e not in self.peers and tree.has_node(e)}
+        if unseen:
+            # Not heard from since start: when their cursors last moved is the best we know.
+            query = "SELECT peer, MAX(updated_ns) FROM sync_cursors GROUP BY peer"
+            saved = dict(await self.store.fetch(query))
+            for edge in unseen:
+                status = self._record(edge)
+                status.state = LinkState.DISCONNECTED if tree.live_parents(edge) else LinkState.DETACHED
+                status.last_sync_ns = status.last_seen_ns = int(saved.get(edge) or 0)
         result = []
         for edge, status in sorted(self.peers.items()):
+            if edge in self.downstream_roots and tree.has_node(edge):
+                # Deleted (or re-added) here since it was last heard from.
+                if not tree.live_parents(edge):
+                    status.state = LinkState.DETACHED
+                elif status.state == LinkState.DETACHED:
+                    status.state = LinkState.DISCONNECTED
             if status.state == LinkState.CONNECTED and now - status.last_seen_ns > STALE_AFTER_S * 1e9:
                 status.state = LinkState.DISCONNECTED
             backlog = await log_backlog(self.store, status.out_cursor, exclude_via=edge)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,8 @@ from siot.client import Change
 from siot.codec import encode
 from siot.nodes.manager import NodeManager
 from siot.points import Point
+from siot.store import Store
+from siot.store.store import SAVE_META
 from siot.sync import protocol
 from siot.sync.cursors import CursorBook
 from siot.sync.link import LinkConfig, UpstreamLink
@@ -32,6 +35,20 @@ from siot.sync.status import LinkState, PeerStatus, Role
 logger = logging.getLogger(__name__)
 
 NODE_TYPE = "sync"
+SESSION_META = "sync_session"  # the meta row holding this data directory's sync session token
+
+
+async def session_token(store: Store) -> str:
+    """The token our links send with every sync request (docs/sync.md, one session per edge id).
+    Kept with the data, so a restarted edge - even after a crash, without its bye - is the same
+    session and resumes at once, while another instance started with the same --id (another
+    data directory) is refused while this one is live."""
+    rows = await store.fetch("SELECT value FROM meta WHERE name = ?", (SESSION_META,))
+    if rows:
+        return str(rows[0][0])
+    token = secrets.token_hex(8)
+    await store.stage(SAVE_META, [(SESSION_META, token)])
+    return token
 
 
 class SyncNodeConfig(pydantic.BaseModel):
@@ -62,9 +79,15 @@ class SyncRunner:
     """One `sync` node: runs an `UpstreamLink` while the node is enabled and ours."""
 
     def __init__(
-        self, ctx: AppContext, config: SyncNodeConfig, book: CursorBook, links: dict[str, SyncRunner]
+        self,
+        ctx: AppContext,
+        config: SyncNodeConfig,
+        book: CursorBook,
+        links: dict[str, SyncRunner],
+        session: str = "",
     ) -> None:
         self.ctx = ctx
+        self.session = session
         self.config = config
         self.book = book
         self.links = links
@@ -86,6 +109,7 @@ class SyncRunner:
             parent=parent,
             window_rows=cfg.windowRows,
             window_bytes=cfg.windowBytes,
+            session=self.session,
         )
 
     async def start(self) -> None:
@@ -148,9 +172,16 @@ async def apply_upstream_flag(ctx: AppContext) -> None:
 @contextlib.asynccontextmanager
 async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
     """Serve edges, run our own upstream links, and answer `siot.sync.status`."""
+    runners: dict[str, SyncRunner] = {}
+
+    def upstream_ids() -> set[str]:
+        return {r.link.upstream_id for r in list(runners.values()) if r.link and r.link.upstream_id}
+
     async with (
         CursorBook(ctx.store) as book,
-        SyncServer(ctx.nc, ctx.store, book, downstream_roots=ctx.downstream_roots) as server,
+        SyncServer(
+            ctx.nc, ctx.store, book, downstream_roots=ctx.downstream_roots, upstream_ids=upstream_ids
+        ) as server,
     ):
         # Edges that attached before this start: the nodes of ours with a cursor (an upstream
         # peer is never a node of our tree).
@@ -158,12 +189,12 @@ async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
             p for p in book.peers() if p != ctx.instance_id and ctx.store.tree.has_node(p)
         )
         await apply_upstream_flag(ctx)
+        session = await session_token(ctx.store)
         # Refused sync requests (per edge id) on siot.stats, beside the API's own error counts.
         remove_stats = ctx.api.add_stats("syncErrors", lambda: dict(server.errors))
-        runners: dict[str, SyncRunner] = {}
 
         def factory(c: AppContext, config: SyncNodeConfig) -> SyncRunner:
-            return SyncRunner(c, config, book, runners)
+            return SyncRunner(c, config, book, runners, session)
 
         async def on_status(msg: Msg) -> None:
             try:

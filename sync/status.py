@@ -15,6 +15,7 @@ class LinkState(StrEnum):
     DISCONNECTED = "disconnected"  # was connected; nats-py is reconnecting
     DETACHED = "detached"  # the upstream deleted this edge from its tree; waiting to be re-added
     DISABLED = "disabled"  # the sync node says disabled
+    CONFLICT = "conflict"  # the upstream serves another instance under our id; retrying
 
 
 class Role(StrEnum):
@@ -41,10 +42,19 @@ class PeerStatus:
     digest_ok: bool | None = None
     digest_ns: int = 0
     repairs: int = 0
+    conflicts: int = 0  # upstream side: requests refused from another instance claiming this id
+    last_conflict: str = ""
+    last_conflict_ns: int = 0
 
     def error(self, message: str) -> None:
         self.last_error = message
         self.last_error_ns = time.time_ns()
+
+    def conflict(self, message: str) -> None:
+        self.conflicts += 1
+        self.last_conflict = message
+        self.last_conflict_ns = time.time_ns()
+        self.error(message)
 
     def synced(self) -> None:
         self.last_sync_ns = self.last_seen_ns = time.time_ns()
@@ -69,4 +79,7 @@ class PeerStatus:
             "digestOk": self.digest_ok,
             "digestTime": self.digest_ns,
             "repairs": self.repairs,
+            "conflicts": self.conflicts,
+            "lastConflict": self.last_conflict,
+            "lastConflictTime": self.last_conflict_ns,
         }
