@@ -66,6 +66,7 @@ async def test_wall_clock_steps_back_an_hour(tmp_path: Path) -> None:
 
 
 async def test_wall_clock_behind_across_a_restart(tmp_path: Path) -> None:
-    """Fails: after a restart the store stamps time-0 points from the wall clock again, below
-    the stamps it gave before the restart, so those writes never become current values."""
+    """Before 99b4b35 this failed: after a restart the store stamped time-0 points from the wall
+    clock again, below the stamps it gave before the restart, so those writes never became
+    current values."""
     await run_fault("clock-step-restart", tmp_path, rounds=1)
