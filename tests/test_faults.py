@@ -26,10 +26,10 @@ async def test_sigkill_of_the_cloud_during_sync_catch_up(tmp_path: Path) -> None
 
 
 async def test_sync_link_switched_off_and_on(tmp_path: Path) -> None:
-    """Disabling the sync node right after a write must stop the link at once. It sometimes
-    takes 10 s and leaves the link's task running (1 in 6 to 12 rounds): Python 3.11's
-    `asyncio.wait_for` in sync/link.py returns the result of a future that completes in the same
-    loop iteration as the cancel, and drops the cancellation."""
+    """Disabling the sync node right after a write must stop the link at once. Before 96628e8
+    it sometimes took 10 s and left the link's task running (1 in 6 to 12 rounds): Python 3.11's
+    `asyncio.wait_for` in sync/link.py returned the result of a future that completed in the
+    same loop iteration as the cancel, and dropped the cancellation."""
     await run_fault("sync-disable", tmp_path, rounds=6)
 
 
