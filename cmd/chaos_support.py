@@ -4,8 +4,8 @@ the embedded nats-server's pid, a small tmpfs, a stepped wall clock).
 
 A scenario never creates its processes itself: it is handed `spawn`, a class called as
 `spawn(data_dir=..., instance_id=..., extra_args=[...], env={...})` that returns a `Daemon`. The
-test suite passes its `SiotProcess` (tests/support.py, with the log guard); `siot chaos` passes
-`ServeProcess` below. Both keep the log in `<data_dir>/siot.log`.
+test suite passes its `SiotProcess` (tests/support.py: `ServeProcess` with the log guard);
+`siot chaos` passes `ServeProcess` below. Both keep the log in `<data_dir>/siot.log`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from siot.client import Client
 from siot.errors import SiotError
@@ -68,30 +68,51 @@ class DaemonCrashed(RuntimeError):
     """A daemon exited without being told to, or did not come up again."""
 
 
-# ---- the process `siot chaos` runs ----
+# ---- a `siot serve` process and the check of its log ----
 
+# A record of `siot serve`'s log starts with the format set in cmd/main.py,
+# "%(asctime)s %(levelname)s %(name)s: %(message)s". Every line that does not start that way
+# (a traceback from `logger.exception`, a multi-line message, or something Python printed to
+# stderr itself, such as an uncaught exception in a thread) belongs to the record above it; a
+# record with its continuation lines is one block, and an expectation is matched per block.
 RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) ")
-BAD_LINE = re.compile(r"^(Traceback \(most recent call last\):|Fatal Python error)", re.MULTILINE)
+BAD_LEVELS = frozenset({"ERROR", "CRITICAL"})
+# Lines that make a block bad whatever its level: tracebacks (also at WARNING, or printed
+# outside logging), the interpreter's own reports.
+BAD_LINES = re.compile(
+    r"^(Traceback \(most recent call last\):|Exception ignored in|Fatal Python error)", re.MULTILINE
+)
 
 
-def bad_log_blocks(text: str, expected: Iterable[str]) -> list[str]:
-    """Records (with their continuation lines) at ERROR/CRITICAL or holding a traceback that no
-    `expected` regex matches: what tests/support.py's log guard fails a test on."""
+def log_blocks(text: str) -> list[str]:
+    """The log split into records, each with its continuation lines."""
     blocks: list[list[str]] = []
     for line in text.splitlines():
         if RECORD_START.match(line) or not blocks:
             blocks.append([line])
         else:
             blocks[-1].append(line)
-    patterns = [re.compile(p) for p in expected]
-    bad = []
-    for lines in blocks:
-        block = "\n".join(lines)
-        start = RECORD_START.match(block)
-        if (start and start["level"] in ("ERROR", "CRITICAL")) or BAD_LINE.search(block):
-            if not any(p.search(block) for p in patterns):
-                bad.append(block)
-    return bad
+    return ["\n".join(b) for b in blocks]
+
+
+def is_bad_block(block: str) -> bool:
+    match = RECORD_START.match(block)
+    return (match is not None and match["level"] in BAD_LEVELS) or BAD_LINES.search(block) is not None
+
+
+def compile_expectations(patterns: Iterable[str | re.Pattern[str]]) -> list[re.Pattern[str]]:
+    return [p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns]
+
+
+def unexpected_blocks(text: str, expected: Iterable[str | re.Pattern[str]] = ()) -> list[str]:
+    """The bad blocks of a log (ERROR/CRITICAL records, tracebacks) that no expected regex
+    matches (`re.search` over the block)."""
+    patterns = compile_expectations(expected)
+    return [
+        block
+        for block in log_blocks(text)
+        if is_bad_block(block) and not any(p.search(block) for p in patterns)
+    ]
 
 
 def free_port() -> int:
@@ -100,14 +121,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port_free(port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+def _wait_listening(port: int, listening: bool, timeout_s: float) -> bool:
+    """Until something listens on `port` (or, `listening` false, nothing does); false on timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
+            if (s.connect_ex(("127.0.0.1", port)) == 0) == listening:
+                return True
         time.sleep(POLL_S)
-    raise TimeoutError(f"127.0.0.1:{port} still busy after {timeout_s} s")
+    return False
+
+
+def wait_port(port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+    if not _wait_listening(port, True, timeout_s):
+        raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def wait_port_free(port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+    if not _wait_listening(port, False, timeout_s):
+        raise TimeoutError(f"127.0.0.1:{port} still busy after {timeout_s} s")
+
+
+def stop_pid(proc: subprocess.Popen[bytes], timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to `proc` by its own pid (if it still runs) and reap it; SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 async def _quiet(exc: Exception) -> None:
@@ -116,39 +160,49 @@ async def _quiet(exc: Exception) -> None:
 
 @dataclass
 class ServeProcess:
-    """`siot serve` run by `siot chaos` (the same fields as the tests' `SiotProcess`). Errors and
-    tracebacks in its log that no `expect_errors` regex matches are collected in `unexpected`."""
+    """`siot serve` as a child process with its own nats-server and data dir, its log in
+    `<data_dir>/siot.log` (what `siot chaos` runs; the tests' `SiotProcess` is a subclass).
+
+    `start()` returns once `siot.stats` says ready; `kill()` is SIGKILL, after which the embedded
+    nats-server dies with its parent (PR_SET_PDEATHSIG); `stop()` is SIGTERM (SIGKILL after 30 s).
+    Both return once the port is free, then `check_log()` the log written since the last check:
+    errors or tracebacks that match none of `expect_errors` (regexes, searched in each record
+    with its traceback) are collected in `unexpected`."""
 
     data_dir: Path
     port: int = field(default_factory=free_port)
     instance_id: str | None = None
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    expect_errors: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    expect_errors: list[str | re.Pattern[str]] = field(default_factory=list)
+    log_checked: int = 0  # bytes of the log already checked
     unexpected: list[str] = field(default_factory=list)
-    _log_checked: int = 0
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "siot.log"
-
-    def expect_error(self, pattern: str) -> ServeProcess:
+    def expect_error(self, pattern: str | re.Pattern[str]) -> Self:
+        """Declare an error provoked on purpose (a regex searched in each bad record)."""
         self.expect_errors.append(pattern)
         return self
 
-    def start(self) -> ServeProcess:
-        args = [sys.executable, "-P", "-m", "siot.cmd.main", "serve", "--data", str(self.data_dir)]
+    def launcher(self) -> list[str]:
+        """The command that runs the `siot` CLI (`-P`: not the working directory's modules)."""
+        return [sys.executable, "-P", "-m", "siot.cmd.main"]
+
+    def start(self) -> Self:
+        args = [*self.launcher(), "serve", "--data", str(self.data_dir)]
         args += ["--nats-port", str(self.port), "--monitor-port", "0", *self.extra_args]
         if self.instance_id:
             args += ["--id", self.instance_id]
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_path != self.data_dir / "siot.log":
+            self.log_path = self.data_dir / "siot.log"
+            self.log_checked = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self._log_checked = log.tell()
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
             )
@@ -156,12 +210,13 @@ class ServeProcess:
         return self
 
     async def _wait_ready(self) -> None:
+        """Until `siot.stats` says ready: the API answers and every node client has started."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"siot serve exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(SiotError):
+            with contextlib.suppress(SiotError):  # not listening or not answering yet
                 client = await Client.connect(
                     self.url, reconnect_forever=False, timeout_s=1, allow_reconnect=False, error_cb=_quiet
                 )
@@ -175,32 +230,39 @@ class ServeProcess:
             await asyncio.sleep(0.05)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
-    def _check_log(self) -> None:
-        with contextlib.suppress(OSError), open(self.log_path, "rb") as f:
-            f.seek(self._log_checked)
+    def expectations(self) -> list[str | re.Pattern[str]]:
+        return self.expect_errors
+
+    def unchecked_errors(self) -> list[str]:
+        """Bad blocks written since the last check that nothing expects; marks them checked.
+        While the process runs, a last line still being written is left for the next check."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_checked)
             data = f.read()
-            self._log_checked += len(data)
-            self.unexpected += bad_log_blocks(data.decode(errors="replace"), self.expect_errors)
+        if self.proc is not None and self.proc.poll() is None:
+            data = data[: data.rfind(b"\n") + 1]
+        self.log_checked += len(data)
+        return unexpected_blocks(data.decode(errors="replace"), self.expectations())
 
-    def _signal(self, sig: signal.Signals, timeout_s: float) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        wait_port_free(self.port)
-        self._check_log()
+    def check_log(self) -> None:
+        """Collect in `unexpected` the log's unexpected errors since the last check."""
+        self.unexpected += self.unchecked_errors()
 
     def stop(self) -> None:
-        self._signal(signal.SIGTERM, 30)
+        if self.proc:
+            stop_pid(self.proc, timeout_s=30)
+            wait_port_free(self.port)
+            self.check_log()
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL, 30)
+        assert self.proc is not None
+        stop_pid(self.proc, timeout_s=30, sig=signal.SIGKILL)
+        wait_port_free(self.port)
+        self.check_log()  # what it wrote up to the kill
 
 
 # ---- one scenario's figures, and the faults it injects ----
