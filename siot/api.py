@@ -228,8 +228,9 @@ class Api:
     async def _read_fairly(self, msg: Msg, node: str, handler: Any) -> None:
         """Queue a read request under its requester (siot/fair.py) instead of serving it in the
         subscription's callback, where it would wait behind every request queued before it."""
-        if not msg.reply:
-            return  # a read nobody waits for: nothing to do
+        if not msg.reply:  # nobody waits for the answer (e.g. published over MQTT): not served
+            self._count_error(node, InvalidInput(f"{msg.subject}: a read request needs a reply subject"))
+            return
         if not self._reads.submit(requester_of(msg.reply), lambda: self._respond(msg, node, handler)):
             await self._refuse_busy(
                 msg, StoreBusy(f"busy: {READS_PER_REQUESTER} of your read requests are waiting; retry later")

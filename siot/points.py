@@ -20,7 +20,9 @@ _packb = msgpack.packb
 MAX_TOKEN_BYTES = 256
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-ILLEGAL_TOKEN_CHARS = frozenset(".*>") | frozenset(" \t\r\n\v\f")
+# . * > and any whitespace (Unicode's too: U+2028 in a node id broke line-based tools and
+# looked like a different id in every UI). One rule for point types/keys and node ids.
+ILLEGAL_TOKEN_RE = re.compile(r"[.*>\s]")
 DEFAULT_KEY = "0"
 
 PointValue = None | bool | int | float | str | bytes | list[Any] | dict[str, Any]
@@ -115,7 +117,7 @@ def check_token(token: Any, *, field: str, index: int | None = None, allow_empty
         raise InvalidPoint("must not be empty", index=index, field=field)
     if len(token.encode()) > MAX_TOKEN_BYTES:
         raise InvalidPoint(f"longer than {MAX_TOKEN_BYTES} bytes", index=index, field=field)
-    bad = ILLEGAL_TOKEN_CHARS.intersection(token)
+    bad = set(ILLEGAL_TOKEN_RE.findall(token))
     if bad:
         shown = ", ".join(repr(c) for c in sorted(bad))
         raise InvalidPoint(f"contains illegal character(s) {shown}", index=index, field=field)
@@ -153,7 +155,6 @@ def _check_value(value: Any, *, index: int | None, depth: int = 0) -> PointValue
 
 
 POINT_FIELDS = frozenset(("type", "key", "time", "value", "tombstone", "origin"))
-_ILLEGAL_TOKEN_RE = re.compile(r"[.*>\s]")
 _SCALARS = (str, bool, type(None), bytes)  # float apart: it must also be finite
 _INF = float("inf")
 # A str of at most this many characters is at most MAX_TOKEN_BYTES bytes in UTF-8.
@@ -162,7 +163,7 @@ _SURELY_SHORT_CHARS = MAX_TOKEN_BYTES // 4
 
 def _plain_token(token: Any) -> bool:
     return (
-        type(token) is str and 0 < len(token) <= _SURELY_SHORT_CHARS and not _ILLEGAL_TOKEN_RE.search(token)
+        type(token) is str and 0 < len(token) <= _SURELY_SHORT_CHARS and not ILLEGAL_TOKEN_RE.search(token)
     )
 
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from siot.errors import InvalidSubject
+from siot.points import ILLEGAL_TOKEN_RE, MAX_TOKEN_BYTES
 
 ROOT = "root"
 ALL = "all"
-MAX_TOKEN_BYTES = 256
-_ILLEGAL = frozenset(".*> \t\r\n")
 
 
 def check_node_token(token: str, *, what: str = "node id") -> str:
     """A node id used as a subject token must be non-empty, short and free of . * > and spaces."""
     if not token:
         raise InvalidSubject(f"empty {what}")
-    if len(token.encode()) > MAX_TOKEN_BYTES or _ILLEGAL.intersection(token):
+    if len(token.encode()) > MAX_TOKEN_BYTES or ILLEGAL_TOKEN_RE.search(token):
         raise InvalidSubject(f"illegal {what} {token[:64]!r}")
     return token
 

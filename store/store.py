@@ -408,8 +408,9 @@ class Store:
                 bookkeeping = [b for b, _ in staged] + self._stamp_bookkeeping()
                 self._next_seq = await self._apply([w.rows for w in accepted], bookkeeping)
                 self._stamp_unsaved = False
-                self.commits += 1
-                self.committed_writes += len(accepted)
+                if accepted:  # a commit of bookkeeping alone carries no writes: not counted
+                    self.commits += 1
+                    self.committed_writes += len(accepted)
             except Exception as exc:
                 failure = _commit_error(exc, self.config.busy_wait_s)
                 logger.error("store: commit of %d writes failed: %s", len(accepted), failure)
