@@ -11,6 +11,8 @@ import base64
 import functools
 import json
 import re
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -230,9 +232,42 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+# JSON and YAML (de)serialisers recurse once or more per level of nesting, and an exported tree
+# nests two levels per node level: Python's default limit (1,000 frames) broke `siot export` at
+# ~300 levels. Documents are (de)serialised on a thread with a stack big enough for this many.
+DEEP_RECURSION_LIMIT = 200_000
+DEEP_STACK_BYTES = 512 * 1024 * 1024  # virtual: pages are only touched as deep as the document
+
+
+def deeply(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn` on a thread whose stack and recursion limit fit a document nested thousands deep."""
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as exc:
+            error.append(exc)
+
+    old_limit, old_stack = sys.getrecursionlimit(), threading.stack_size()
+    sys.setrecursionlimit(max(old_limit, DEEP_RECURSION_LIMIT))
+    threading.stack_size(DEEP_STACK_BYTES)
+    try:
+        worker = threading.Thread(target=run, name="siot deep document")
+        worker.start()
+    finally:
+        threading.stack_size(old_stack)
+    worker.join()
+    sys.setrecursionlimit(old_limit)
+    if error:
+        raise error[0]
+    return result[0]
+
+
 def dumps(obj: Any, *, indent: int | None = 2) -> str:
     """JSON for --json output; bytes values become base64 strings."""
-    return json.dumps(obj, indent=indent, default=_json_default)
+    return deeply(json.dumps, obj, indent=indent, default=_json_default)
 
 
 def point_json(p: Point) -> dict[str, Any]:

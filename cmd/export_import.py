@@ -23,6 +23,7 @@ from siot.cmd.common import (
     ROOT_ALIAS,
     Target,
     client_options,
+    deeply,
     live_parents,
     parent_edges,
     point_name,
@@ -43,14 +44,23 @@ def points_map(points: list[Point], *, skip: frozenset[str] = frozenset()) -> di
 
 
 def export_node(tree: TreeNode) -> dict[str, Any]:
-    node = tree.node
-    out: dict[str, Any] = {"id": node.id, "type": node.type, "points": points_map(node.points)}
-    edge = points_map(node.edge_points, skip=EDGE_STRUCTURE)
-    if edge:
-        out["edgePoints"] = edge
-    if tree.children:
-        out["children"] = [export_node(c) for c in tree.children]
-    return out
+    """The subtree as the nested document `siot import` reads (built without recursion)."""
+
+    def document(node: NodeInfo) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": node.id, "type": node.type, "points": points_map(node.points)}
+        edge = points_map(node.edge_points, skip=EDGE_STRUCTURE)
+        if edge:
+            out["edgePoints"] = edge
+        return out
+
+    top = document(tree.node)
+    stack = [(tree, top)]
+    while stack:
+        branch, out = stack.pop()
+        if branch.children:
+            out["children"] = [document(c.node) for c in branch.children]
+            stack += zip(branch.children, out["children"], strict=True)
+    return top
 
 
 @click.command(name="export")
@@ -70,7 +80,7 @@ def export_tree(node: str, target: Target) -> None:
         return await client.tree(await resolve(client, node))
 
     document = export_node(target.run(work))
-    click.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
+    click.echo(deeply(yaml.safe_dump, document, sort_keys=False, allow_unicode=True), nl=False)
 
 
 def parse_points(raw: Any, where: str) -> list[Point]:
@@ -116,6 +126,16 @@ class Importer:
         return None
 
     async def apply(self, doc: Any, parent: str, where: str) -> None:
+        """Apply `doc` under `parent`, then its children, parents before children (a work list,
+        not recursion: a document may nest thousands deep)."""
+        todo = [(doc, parent, where)]
+        while todo:
+            doc, parent, where = todo.pop()
+            children, node_id = await self.apply_one(doc, parent, where)
+            todo += [(child, node_id, f"{where}/{i}") for i, child in reversed(list(enumerate(children)))]
+
+    async def apply_one(self, doc: Any, parent: str, where: str) -> tuple[list[Any], str]:
+        """Make one node match `doc`; return its children documents and its id."""
         if not isinstance(doc, dict):
             raise click.ClickException(f"{where}: a node must be a map with type, points, children")
         node_type = doc.get("type")
@@ -136,8 +156,7 @@ class Importer:
         children = doc.get("children") or []
         if not isinstance(children, list):
             raise click.ClickException(f"{where}: children must be a list")
-        for index, child in enumerate(children):
-            await self.apply(child, node_id, f"{where}/{index}")
+        return children, node_id
 
     async def write(self, node: str, parent: str | None, points: list[Point]) -> None:
         if not points:
@@ -177,7 +196,7 @@ def import_tree(parent: str | None, file: Any, target: Target) -> None:
         siot import --parent 5c1e... greenhouse.yaml
     """
     try:
-        document = yaml.safe_load(file)
+        document = deeply(yaml.safe_load, file)
     except yaml.YAMLError as exc:
         raise click.ClickException(f"not valid YAML: {exc}") from exc
     if not isinstance(document, dict):

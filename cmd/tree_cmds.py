@@ -27,7 +27,14 @@ from siot.points import Point
 
 
 def tree_json(tree: TreeNode) -> dict[str, Any]:
-    return {**node_json(tree.node), "children": [tree_json(c) for c in tree.children]}
+    """The subtree as nested JSON-ready maps (built without recursion)."""
+    top = {**node_json(tree.node), "children": []}
+    stack = [(tree, top)]
+    while stack:
+        branch, out = stack.pop()
+        out["children"] = [{**node_json(c.node), "children": []} for c in branch.children]
+        stack += zip(branch.children, out["children"], strict=True)
+    return top
 
 
 def tree_lines(tree: TreeNode) -> list[str]:

@@ -5,6 +5,7 @@ reply gets an error that says what to do. Deep trees need no recursion. Against 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import uuid
@@ -14,6 +15,7 @@ from support import SIOT_BIN, SiotProcess
 
 from siot import subjects
 from siot.client import Client
+from siot.cmd.common import deeply
 from siot.codec import encode
 from siot.errors import RequestFailed
 from siot.points import Point
@@ -89,15 +91,33 @@ async def test_a_deep_tree_is_listed_without_recursion(siot_process: SiotProcess
         (tree,) = tree.children
         depth += 1
     assert depth == DEPTH
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [SIOT_BIN, "tree"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "SIOT_URL": siot_process.url},
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+
+    async def cli(*args: str, stdin: str | None = None) -> str:
+        """The command's stdout and stderr."""
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [SIOT_BIN, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "SIOT_URL": siot_process.url},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    # JSON and YAML nest two levels per tree level: (de)serialised on a deep-stack thread.
+    document = deeply(json.loads, await cli("tree", "--json"))  # nothing on stderr
+    depth = 0
+    while document["children"]:
+        (document,) = document["children"]
+        depth += 1
+    assert depth == DEPTH
+    assert {"type": "description", "value": "bottom"}.items() <= document["points"][0].items()
+    exported = await cli("export")
+    assert exported.count("children:") == DEPTH
+    imported = await cli("import", stdin=exported)
+    assert "imported: 0 nodes created, 0 points written" in imported  # all of it read, idempotent
+    lines = (await cli("tree")).splitlines()
     assert len(lines) == DEPTH + 1
     assert lines[-1].endswith("└── bottom (group)") or "bottom" in lines[-1]
