@@ -127,6 +127,39 @@ def daemon_cpu_s(pid: int | None) -> float | None:
         return None
 
 
+def soil_simulator(
+    url: str,
+    topic: str,
+    devices: int,
+    count: int,
+    transport: str,
+    *,
+    ack: bool,
+    qos: int,
+    seed: int,
+    mqtt_port: int,
+    mqtt_host: str = DEFAULT_MQTT_HOST,
+    token: str = "",
+) -> Simulator:
+    """`count` raw soil-sensor messages from each of `devices` devices on `<topic>/<device>`,
+    as fast as they are taken."""
+    options = SimOptions(
+        devices=devices,
+        rate=0,
+        count=count,
+        transport=transport,
+        mode="raw",
+        preset="soil",
+        topic=f"{topic}/{{device}}",
+        mqtt_port=mqtt_port,
+        qos=qos,
+        ack=ack,
+        seed=seed,
+        mqtt_host=mqtt_host,
+    )
+    return Simulator(options, url=url, token=token)
+
+
 async def make_ingest(client: Client, topic: str, *, durable: bool = True, devices: int = 0) -> str:
     """An ingest node for the simulated soil sensors on `<topic>/<device>`, listening; `devices`:
     how many it must be able to create (past the node's default `maxDevices`, 1,000)."""
@@ -240,21 +273,19 @@ async def mqtt_main(
         ingest = await make_ingest(client, topic, devices=devices)
 
         def simulator(transport: str, count: int, *, ack: bool = False) -> Simulator:
-            options = SimOptions(
-                devices=devices,
-                rate=0,
-                count=count,
-                transport=transport,
-                mode="raw",
-                preset="soil",
-                topic=f"{topic}/{{device}}",
+            return soil_simulator(
+                instance.url,
+                topic,
+                devices,
+                count,
+                transport,
+                ack=ack,
+                qos=qos,
+                seed=SIM_SEED,
                 mqtt_host=mqtt_host,
                 mqtt_port=mqtt_port,
-                qos=qos,
-                ack=ack,
-                seed=SIM_SEED,
+                token=token,
             )
-            return Simulator(options, url=instance.url, token=token)
 
         # one acknowledged message per device first: the devices exist before anything is timed
         warm = await simulator("nats", 1, ack=True).run()
@@ -378,20 +409,9 @@ async def kill_trial(workdir: Path, *, durable: bool, trial: int, devices: int, 
     topic = f"siot-kill-{secrets.token_hex(4)}"
 
     def simulator(transport: str, count: int, *, ack: bool = False) -> Simulator:
-        options = SimOptions(
-            devices=devices,
-            rate=0,
-            count=count,
-            transport=transport,
-            mode="raw",
-            preset="soil",
-            topic=f"{topic}/{{device}}",
-            mqtt_port=mqtt_port,
-            qos=1,
-            ack=ack,
-            seed=SIM_SEED + trial,
+        return soil_simulator(
+            url, topic, devices, count, transport, ack=ack, qos=1, seed=SIM_SEED + trial, mqtt_port=mqtt_port
         )
-        return Simulator(options, url=url)
 
     held_at_kill = None
     with serve_process(workdir, nats_port, args) as instance:

@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from support import SiotProcess
+
 from siot import subjects
 from siot.client import Client
 from siot.codec import encode
@@ -16,6 +18,18 @@ from siot.store.tree import NODE_TYPE, TOMBSTONE
 from siot.sync import protocol
 
 POLL_S = 0.05
+
+
+async def start(proc: SiotProcess) -> SiotProcess:
+    """`SiotProcess.start` runs its own event loop: give it a thread."""
+    return await asyncio.to_thread(proc.start)
+
+
+async def connect(proc: SiotProcess) -> Client:
+    """A client of `proc` with its root loaded."""
+    client = await Client.connect(proc.url, reconnect_forever=False)
+    await client.load_root()
+    return client
 
 
 async def until(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> Any:

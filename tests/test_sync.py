@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 from support import SIOT_BIN, SiotProcess, free_port, stop_all
-from sync_support import build_tree, snapshot, sync_status, until, upstream_peers, upstream_settled
+from sync_support import (
+    build_tree,
+    connect,
+    snapshot,
+    start,
+    sync_status,
+    until,
+    upstream_peers,
+    upstream_settled,
+)
 
 from siot.client import Client
 from siot.codec import encode
@@ -28,17 +37,6 @@ def cloud(tmp_path: Path) -> Iterator[SiotProcess]:
         yield proc
     finally:
         proc.stop()
-
-
-async def start(proc: SiotProcess) -> SiotProcess:
-    """`SiotProcess.start` runs its own event loop: give it a thread."""
-    return await asyncio.to_thread(proc.start)
-
-
-async def connect(proc: SiotProcess) -> Client:
-    client = await Client.connect(proc.url, reconnect_forever=False)
-    await client.load_root()
-    return client
 
 
 @pytest.fixture

@@ -12,23 +12,13 @@ from pathlib import Path
 
 import msgpack
 from support import SIOT_BIN, SiotProcess, stop_all
-from sync_support import sync_status, until, upstream_peers, upstream_settled
+from sync_support import connect, start, sync_status, until, upstream_peers, upstream_settled
 
 from siot.client import Client
 from siot.errors import RequestFailed
 from siot.points import Point
 
 CONFLICT = "is already connected from another instance"
-
-
-async def start(proc: SiotProcess) -> SiotProcess:
-    return await asyncio.to_thread(proc.start)
-
-
-async def connect(proc: SiotProcess) -> Client:
-    client = await Client.connect(proc.url, reconnect_forever=False)
-    await client.load_root()
-    return client
 
 
 def edge(tmp_path: Path, name: str, cloud: SiotProcess, instance_id: str = "edge-1") -> SiotProcess:

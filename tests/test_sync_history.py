@@ -7,9 +7,8 @@ import asyncio
 from pathlib import Path
 
 from support import SiotProcess
-from sync_support import snapshot, until, upstream_settled
+from sync_support import connect, snapshot, start, until, upstream_settled
 
-from siot.client import Client
 from siot.points import Point, encode_value
 
 T0 = 1_700_000_000_000_000_000
@@ -17,18 +16,16 @@ BUFFERED = 1_000
 
 
 async def test_late_and_same_millisecond_readings_reach_the_upstream_history(tmp_path: Path) -> None:
-    cloud = await asyncio.to_thread(SiotProcess(data_dir=tmp_path / "cloud", instance_id="cloud").start)
-    edge_proc = await asyncio.to_thread(SiotProcess(data_dir=tmp_path / "edge", instance_id="edge-h").start)
+    cloud = await start(SiotProcess(data_dir=tmp_path / "cloud", instance_id="cloud"))
+    edge_proc = await start(SiotProcess(data_dir=tmp_path / "edge", instance_id="edge-h"))
     try:
-        edge = await Client.connect(edge_proc.url, reconnect_forever=False)
-        cloud_client = await Client.connect(cloud.url, reconnect_forever=False)
+        edge = await connect(edge_proc)
+        cloud_client = await connect(cloud)
         try:
-            await edge.load_root()
-            await cloud_client.load_root()
             device = await edge.create_node(edge.root_id, "device", [Point("description", "flusher")])
             await edge.send_points(device, [Point("temp", 30.0, time=T0 + 10 * BUFFERED)])  # live
-            for start in range(0, BUFFERED, 100):  # then the readings it buffered while offline
-                batch = [Point("temp", float(i), time=T0 + i * 10) for i in range(start, start + 100)]
+            for first in range(0, BUFFERED, 100):  # then the readings it buffered while offline
+                batch = [Point("temp", float(i), time=T0 + i * 10) for i in range(first, first + 100)]
                 await edge.send_points(device, batch)
             for value in (1.0, 3.0, 2.0):  # three readings stamped in the same millisecond
                 await edge.send_points(device, [Point("humidity", value, time=T0)])

@@ -8,16 +8,9 @@ from pathlib import Path
 
 from rules_support import make_rule, wait_point
 from support import SiotProcess, stop_all
-from sync_support import until, upstream_settled
+from sync_support import connect, until, upstream_settled
 
-from siot.client import Client
 from siot.points import Point
-
-
-async def connect(proc: SiotProcess) -> Client:
-    client = await Client.connect(proc.url, reconnect_forever=False)
-    await client.load_root()
-    return client
 
 
 async def test_edge_rule_fires_once_not_again_in_the_cloud(tmp_path: Path) -> None:
