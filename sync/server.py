@@ -108,6 +108,10 @@ class SyncServer:
         # The upstreams this instance itself syncs to (ids that must never attach here as edges).
         self.upstream_ids = upstream_ids or set
         self.peers: dict[str, PeerStatus] = {}
+        # Nodes an edge's accepted edge rows brought in, per edge: a window may name a node that
+        # a window before it creates and that is not committed yet (up to 4 are in flight), so
+        # the tree alone would refuse it as outside the subtree.
+        self._adopted: dict[str, set[str]] = {}
         self.sessions: dict[str, Session] = {}
         self._conflict_warned: dict[tuple[str, str], float] = {}
         self._up_next: dict[str, int] = {}  # per edge: the `from` the next log window may start at
@@ -270,6 +274,7 @@ class SyncServer:
 
     async def _hello(self, edge: str, request: dict[str, Any]) -> dict[str, Any]:
         store = self.store
+        self._adopted.pop(edge, None)  # a new session: what it brings in is in the tree by now
         if edge == store.instance_id:
             raise InvalidInput(f"instance '{edge}' cannot sync with itself")
         tree = store.tree
@@ -361,14 +366,18 @@ class SyncServer:
         node in unless that node exists here outside the subtree (an edge never adopts, and so
         writes, a node it does not own). Refused rows do not stall the window."""
         tree = self.store.tree
-        members = set(self._members(edge))
+        adopted = self._adopted.setdefault(edge, set())
+        # Once committed, an adopted node is in the tree and is judged by where it is there.
+        adopted.difference_update([node for node in adopted if tree.has_node(node)])
+        members = set(self._members(edge)) | adopted
         inside: list[protocol.SyncRow] = []
         outside: list[str] = []
         for index, row in enumerate(rows):
             if row.parent:
                 ok = row.parent in members and (row.node in members or not tree.has_node(row.node))
-                if ok:
+                if ok and row.node not in members:
                     members.add(row.node)
+                    adopted.add(row.node)
             else:
                 ok = row.node in members
             if ok:
