@@ -9,7 +9,7 @@ import nats
 import pytest
 from support import NatsServer
 
-from siot.outbox import Outbox
+from siot.outbox import MAX_JOINED_BYTES, Outbox
 
 
 async def test_frames_arrive_in_order_with_their_reply_subjects(nats_server: NatsServer) -> None:
@@ -66,7 +66,8 @@ async def test_a_large_fan_out_is_not_copied_per_subject(nats_server: NatsServer
     """100 subjects x 256 KB would be 25 MB joined into one buffer; sent one by one through
     nats-py's publish (which waits for the socket when its buffer is full), memory stays small.
     Measured with nobody subscribed (a receiver in this process would count its own buffers);
-    then sent again to a receiver, which gets every message in order."""
+    then 100 x 16 KB (still past MAX_JOINED_BYTES, so the same path) go to a receiver, which gets
+    every message in order (25 MB to one Python receiver under load made it a slow consumer)."""
     sender = await nats.connect(nats_server.url)
     receiver = await nats.connect(nats_server.url)
     payload = b"v" * 256 * 1024
@@ -74,8 +75,11 @@ async def test_a_large_fan_out_is_not_copied_per_subject(nats_server: NatsServer
     got: list[str] = []
     done = asyncio.Event()
 
+    small = b"s" * 16 * 1024
+    assert len(small) * len(subjects) > MAX_JOINED_BYTES
+
     async def on_msg(msg: nats.aio.msg.Msg) -> None:
-        assert msg.data == payload
+        assert msg.data == small
         got.append(msg.subject)
         if len(got) == len(subjects):
             done.set()
@@ -92,7 +96,7 @@ async def test_a_large_fan_out_is_not_copied_per_subject(nats_server: NatsServer
         assert peak < 8 * 1024 * 1024, f"sending allocated {peak / 1e6:.0f} MB at its peak"
         await receiver.subscribe("big.>", cb=on_msg, pending_bytes_limit=256 * 1024 * 1024)
         await receiver.flush()
-        outbox.fan_out(subjects, payload)
+        outbox.fan_out(subjects, small)
         await outbox.send()
         async with asyncio.timeout(30):
             await done.wait()
