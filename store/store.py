@@ -70,6 +70,7 @@ RESERVED_NODE_IDS = frozenset((ROOT_PARENT, "all"))
 # Rows of the meta table.
 INSTANCE_ID = "instance_id"
 LAST_STAMP = "last_stamp"
+STAMP_FLOOR_AHEAD_NS = 1_000_000_000
 SAVE_META = (
     "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
 )
@@ -146,7 +147,8 @@ class Store:
         # Reads of whole subtrees (sync digests and repairs) run one at a time (store/log.py).
         self.bulk_reads = asyncio.Semaphore(1)
         self._last_stamp = 0  # the newest time given to a time-0 point (see `_stamp_base`)
-        self._stamp_unsaved = False  # a time-0 point was stamped since meta.last_stamp was saved
+        self._stamp_unsaved = False  # a time-0 point was stamped in the group being committed
+        self._stamp_floor = 0  # meta.last_stamp: no stamp given so far is above it
         # Transactions and the writes they carried: their ratio is the group size, which decides
         # what a commit costs per write (siot.stats; `siot bench` reports it).
         self.commits = 0
@@ -217,7 +219,8 @@ class Store:
             await self.fetch("SELECT name, value FROM meta WHERE name IN (?, ?)", (INSTANCE_ID, LAST_STAMP))
         )
         stored_id = meta.get(INSTANCE_ID)
-        self._last_stamp = max(self._last_stamp, int(meta.get(LAST_STAMP, 0)))
+        self._stamp_floor = max(self._stamp_floor, int(meta.get(LAST_STAMP, 0)))
+        self._last_stamp = max(self._last_stamp, self._stamp_floor)
         wanted = self.config.instance_id
         if stored_id and wanted and stored_id != wanted:
             raise SiotError(
@@ -316,13 +319,17 @@ class Store:
         self._last_stamp = base + count - 1
         return base
 
-    def _stamp_bookkeeping(self) -> list[Bookkeeping]:
-        """The newest stamp, saved with the commit that used it (meta.last_stamp), so stamps keep
-        increasing across a restart too: a gateway whose clock is behind after a reboot must not
-        stamp its next writes below the ones it acknowledged before."""
-        if not self._stamp_unsaved:
-            return []
-        return [Bookkeeping(SAVE_META, [(LAST_STAMP, str(self._last_stamp))])]
+    def _stamp_bookkeeping(self) -> tuple[int, list[Bookkeeping]]:
+        """A floor above every stamp given, saved with the commit that first passes the old one
+        (meta.last_stamp), so stamps keep increasing across a restart too: a gateway whose clock
+        is behind after a reboot must not stamp its next writes below the ones it acknowledged
+        before. The floor is set STAMP_FLOOR_AHEAD_NS ahead so it is written about once a second
+        under steady writes, not in every commit (a row write costs the WAL a page per commit);
+        after a restart stamps start at most that far ahead of the last one."""
+        if not self._stamp_unsaved or self._last_stamp < self._stamp_floor:
+            return self._stamp_floor, []
+        floor = self._last_stamp + STAMP_FLOOR_AHEAD_NS
+        return floor, [Bookkeeping(SAVE_META, [(LAST_STAMP, str(floor))])]
 
     def _check(self, write: Write, now_ns: int) -> None:
         """Check one write against the tree as it stands after the writes before it, stamp its
@@ -405,9 +412,11 @@ class Store:
         failure: StoreError | None = None
         if accepted or staged:
             try:
-                bookkeeping = [b for b, _ in staged] + self._stamp_bookkeeping()
+                floor, stamp_rows = self._stamp_bookkeeping()
+                bookkeeping = [b for b, _ in staged] + stamp_rows
                 self._next_seq = await self._apply([w.rows for w in accepted], bookkeeping)
                 self._stamp_unsaved = False
+                self._stamp_floor = floor
                 if accepted:  # a commit of bookkeeping alone carries no writes: not counted
                     self.commits += 1
                     self.committed_writes += len(accepted)

@@ -38,7 +38,7 @@ async def test_seed_scenario_dry_soil_sends_email_with_device_and_value(siot: Cl
         await siot.send_points(sensor, [Point("humidity", 31.5)])
         mail = await mailbox.get()
         assert mail["To"] == "ana@farm.example"
-        body = mail.get_payload()
+        body = mail.get_payload(decode=True).decode()  # undo quoted-printable line folding
         assert "Soil sensor 3" in body and "31.5" in body and "Dry soil" in body
         assert "Soil sensor 3" in mail["Subject"]
         await wait_point(siot, rule, "active", lambda v: v is True)
