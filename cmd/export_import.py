@@ -30,8 +30,7 @@ from siot.cmd.common import (
     resolve,
     split_name,
 )
-from siot.points import Point
-from siot.store.tree import NODE_TYPE, TOMBSTONE
+from siot.points import NODE_TYPE, TOMBSTONE, Point
 
 EDGE_STRUCTURE = frozenset((NODE_TYPE, TOMBSTONE))
 # Nodes written without an id get one derived from their place in the file, so that importing a

@@ -10,20 +10,31 @@ import logging
 
 import click
 
-from siot.cmd.bench import bench
-from siot.cmd.bench_mqtt import bench_mqtt
-from siot.cmd.bench_rules import bench_rules
-from siot.cmd.bench_sync import bench_sync
-from siot.cmd.chaos import chaos
 from siot.cmd.export_import import COMMANDS as EXPORT_IMPORT_COMMANDS
-from siot.cmd.serve import serve
-from siot.cmd.sim import sim
+from siot.cmd.lazy import LazyCommand, LazyGroup
 from siot.cmd.sync_cmds import sync
 from siot.cmd.tree_cmds import COMMANDS as TREE_COMMANDS
 from siot.cmd.watch_cmds import COMMANDS as WATCH_COMMANDS
 
+# Imported when they run: the daemon (SQLite, the store), the benchmarks, the simulator and the
+# fault scenarios are not what `siot --help` or `siot tree` need.
+LAZY_COMMANDS = {
+    "serve": LazyCommand("siot.cmd.serve:serve", "Run a siot instance until SIGINT/SIGTERM."),
+    "bench": LazyCommand(
+        "siot.cmd.benches:bench", "Measure a siot instance against the raw limits of this machine."
+    ),
+    "sim": LazyCommand("siot.cmd.sim:sim", "Simulate devices publishing data, then print what was sent..."),
+    "chaos": LazyCommand(
+        "siot.cmd.chaos:chaos", "Run fault scenarios against real `siot serve` processes and..."
+    ),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SIOT"})
+
+@click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SIOT"},
+)
 @click.option(
     "--log-level",
     envvar="SIOT_LOG_LEVEL",
@@ -52,14 +63,7 @@ def cli(log_level: str) -> None:
     )
 
 
-cli.add_command(serve)
 cli.add_command(sync)
-cli.add_command(sim)
-cli.add_command(bench)
-bench.add_command(bench_mqtt)
-bench.add_command(bench_rules)
-bench.add_command(bench_sync)
-cli.add_command(chaos)
 for command in [*TREE_COMMANDS, *WATCH_COMMANDS, *EXPORT_IMPORT_COMMANDS]:
     cli.add_command(command)
 

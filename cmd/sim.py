@@ -32,8 +32,7 @@ from siot.cmd.common import Target, client_options, dumps, json_option, resolve
 from siot.cmd.mqtt_link import DEFAULT_MQTT_HOST, DEFAULT_MQTT_PORT, MqttLink
 from siot.codec import encode
 from siot.errors import RequestFailed, SiotError
-from siot.points import Point
-from siot.store.tree import NODE_TYPE, TOMBSTONE
+from siot.points import NODE_TYPE, TOMBSTONE, Point
 
 DEFAULT_DEVICES = 10
 DEFAULT_RATE = 1.0

@@ -31,8 +31,7 @@ from siot.client import Change, NodeInfo
 from siot.codec import decode_trusted_points
 from siot.errors import SiotError
 from siot.nodes.config import NodeConfig
-from siot.points import Point
-from siot.store.tree import NODE_TYPE, TOMBSTONE
+from siot.points import NODE_TYPE, TOMBSTONE, Point
 from siot.store.tree import ROOT_PARENT as ROOT
 
 logger = logging.getLogger(__name__)

@@ -32,8 +32,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from siot import nats_client, subjects
 from siot.codec import decode_reply, decode_trusted_points, encode, point_from_wire
 from siot.errors import ConnectFailed, RequestFailed
-from siot.points import Point
-from siot.store.tree import NODE_TYPE, TOMBSTONE
+from siot.points import NODE_TYPE, TOMBSTONE, Point
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,9 @@ INT64_MAX = 2**63 - 1
 # looked like a different id in every UI). One rule for point types/keys and node ids.
 ILLEGAL_TOKEN_RE = re.compile(r"[.*>\s]")
 DEFAULT_KEY = "0"
+# The edge points every edge has (DESIGN §2): its child's node type, and whether it is deleted.
+NODE_TYPE = "nodeType"
+TOMBSTONE = "tombstone"
 
 PointValue = None | bool | int | float | str | bytes | list[Any] | dict[str, Any]
 
@@ -162,9 +165,7 @@ _SURELY_SHORT_CHARS = MAX_TOKEN_BYTES // 4
 
 
 def _plain_token(token: Any) -> bool:
-    return (
-        type(token) is str and 0 < len(token) <= _SURELY_SHORT_CHARS and not ILLEGAL_TOKEN_RE.search(token)
-    )
+    return type(token) is str and 0 < len(token) <= _SURELY_SHORT_CHARS and not ILLEGAL_TOKEN_RE.search(token)
 
 
 def point_from_map(raw: Any, index: int | None = None) -> Point:

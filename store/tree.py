@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from siot.points import NO_RANK, MergeRank, Point, merge_rank
+from siot.points import NO_RANK, NODE_TYPE, TOMBSTONE, MergeRank, Point, merge_rank
+from siot.subjects import ROOT as ROOT_PARENT
 
-ROOT_PARENT = "root"
-NODE_TYPE = "nodeType"
-TOMBSTONE = "tombstone"
+__all__ = ["NODE_TYPE", "ROOT_PARENT", "TOMBSTONE", "EdgeState", "Tree"]
 
 
 @dataclass(slots=True)

@@ -8,14 +8,16 @@ the edge subscribes to over the same connection.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from msgpack import unpackb
 
 from siot import subjects
 from siot.errors import BatchTooLarge, DecodeError, InvalidInput
 from siot.points import INT64_MAX, Point, point_from_map
-from siot.store.log import LogRow
+
+if TYPE_CHECKING:  # the CLI imports this module; the store (SQLite) stays out of it
+    from siot.store.log import LogRow
 
 PROTOCOL_VERSION = 1
 DEFAULT_WINDOW_ROWS = 2_000

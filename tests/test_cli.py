@@ -55,7 +55,10 @@ def points_of(node_json: dict) -> dict[str, object]:
 
 
 def walk(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for name, command in group.commands.items():
+    """Every command path, lazy ones (cmd/lazy.py) included."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         yield (*prefix, name)
         if isinstance(command, click.Group):
             yield from walk(command, (*prefix, name))

@@ -64,8 +64,7 @@ from siot.nodes.rules.loops import LOOP_PREFIX, LoopGuard
 from siot.nodes.rules.rule import ERROR, ActionRun, ConditionRuntime, Outcome, RuleRuntime
 from siot.nodes.rules.schedule import NS_PER_S
 from siot.outbox import Outbox
-from siot.points import Point
-from siot.store.tree import NODE_TYPE
+from siot.points import NODE_TYPE, Point
 
 logger = logging.getLogger(__name__)
 
