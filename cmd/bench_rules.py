@@ -196,7 +196,7 @@ async def rules_main(
         except TimeoutError:
             raise click.ClickException(
                 f"only {pairing.answered} of {rule_count} rules answered within {WARMUP_TIMEOUT_S:.0f} s: "
-                "is the rules manager running on that instance (SIOT_RULES)?"
+                "do the rules have error points (siot tree)?"
             ) from None
         total = int(rate * seconds)
         payloads = [encode([Point("level", v).to_wire()]) for v in (0.0, 1.0)]

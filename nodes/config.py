@@ -1,4 +1,5 @@
-"""What every node client's config shares: the pydantic base and bounded value types.
+"""What every node client's config shares: the pydantic base, the one decoder from points, and
+bounded value types.
 
 Why here, once: a node's config comes from points anyone with the NATS port may write, and a
 value the code cannot use (a duration of `1e300` s whose nanoseconds do not fit in an int, NaN,
@@ -10,10 +11,16 @@ field) and every duration field is a `Duration` with explicit bounds (docs/limit
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Annotated, Any
+import typing
+from collections.abc import Collection
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+from siot.errors import InvalidInput
+from siot.points import DEFAULT_KEY, Point
 
 # The longest duration any node config may hold (a hold, a timeout, a window, an interval): a
 # year and a day. Its nanoseconds (3.2e16) added to any timestamp of this century fit in int64.
@@ -30,7 +37,69 @@ class NodeConfig(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True, allow_inf_nan=False)
 
 
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class ConfigError(InvalidInput):
+    """A node's points do not make a valid config; the message names each bad field."""
+
+
+def point_fields(points: Collection[Point], keyed: Collection[str] = ()) -> dict[str, Any]:
+    """Fold a node's points into a field map: types in `keyed` become `{key: value}` (Simple
+    IoT's arrays and maps, e.g. `weekday` key "1" = Monday); the others take key "0". Deleted
+    points are left out, so tombstoning a point restores the field's default."""
+    fields: dict[str, Any] = {}
+    for p in points:
+        if p.deleted:
+            continue
+        if p.type in keyed:
+            fields.setdefault(p.type, {})[p.key] = p.value
+        elif p.key == DEFAULT_KEY:
+            fields[p.type] = p.value
+    return fields
+
+
+@functools.cache
+def keyed_points(model: type[BaseModel]) -> frozenset[str]:
+    """The point types that fill a map field of `model` (by alias and by name)."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        if typing.get_origin(info.annotation) is dict:
+            names.add(name)
+            if info.alias:
+                names.add(info.alias)
+    return frozenset(names)
+
+
+def decode_config(model: type[ConfigT], points: Collection[Point], **known: Any) -> ConfigT:
+    """Build a node's typed config from its points (the one decoder of every node type);
+    `known` adds what comes from the tree (id, parent). Raises `ConfigError` naming each bad
+    field, also for a validator that raised something other than a ValueError."""
+    try:
+        return model.model_validate({**known, **point_fields(points, keyed_points(model))})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(err) for err in exc.errors())) from None
+    except Exception as exc:
+        raise ConfigError(f"invalid config: {type(exc).__name__}: {exc}") from exc
+
+
+def try_decode_config(model: type[ConfigT], points: Collection[Point]) -> tuple[ConfigT | None, str]:
+    """`decode_config` for callers that keep going with an error message: (config, "") or
+    (None, message)."""
+    try:
+        return decode_config(model, points), ""
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+def _describe(err: Any) -> str:
+    where = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__")
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
 def _num(value: float) -> str:
+    value = float(value)  # pydantic hands a float field's validator an int as it came
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 

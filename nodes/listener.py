@@ -21,12 +21,12 @@ from nats.aio.subscription import Subscription
 from pydantic import model_validator
 
 from siot.api import SUBSCRIPTION_PENDING_BYTES, SUBSCRIPTION_PENDING_MSGS
-from siot.app import AppContext
 from siot.client import Client
 from siot.errors import InvalidInput, SiotError
 from siot.nodes.manager import ManagedConfig
 from siot.nodes.topics import topic_filter_to_subjects
 from siot.points import Point
+from siot.runtime import AppContext
 
 logger = logging.getLogger(__name__)
 

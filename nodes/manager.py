@@ -10,7 +10,8 @@ naming it. The manager goes on with the other nodes, and `siot serve` starts wha
 holds. A node that failed is retried when its points change; the error the manager wrote is
 deleted (tombstoned) once the node runs.
 
-Writes from runners go through the API like everyone else's, with `origin` set to the node id.
+Writes from runners go through the in-process client (the one write path, DESIGN §1), with
+`origin` set to the node id.
 """
 
 from __future__ import annotations
@@ -19,19 +20,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import pydantic
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from siot import subjects
-from siot.app import AppContext
-from siot.client import Change, NodeInfo
-from siot.codec import decode_trusted_points
+from siot.bus import Change, Scope, Watch
+from siot.client import NodeInfo
 from siot.errors import SiotError
-from siot.nodes.config import NodeConfig
+from siot.nodes.config import ConfigError, NodeConfig, decode_config
 from siot.points import NODE_TYPE, TOMBSTONE, Point
+from siot.runtime import AppContext
 from siot.store.tree import ROOT_PARENT as ROOT
 
 logger = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ ERROR_PREFIXES = ("invalid config:", "failed to start:", "failed to update:", "i
 
 class ManagedConfig(NodeConfig):
     """Base of a managed node's config: the fields every node of a NodeManager has. `id` and
-    `parent` come from the tree (`decode_config` sets them); the others are points. Point names
+    `parent` come from the tree; the others are points (`siot.nodes.config.decode_config`). Point names
     may be used as aliases (camelCase), unknown points are ignored, floats are finite, and
     durations are `siot.nodes.config.Duration`s with bounds."""
 
@@ -54,28 +52,6 @@ class ManagedConfig(NodeConfig):
     parent: str
     description: str = ""
     disabled: bool = False
-
-
-def points_to_fields(points: list[Point]) -> dict[str, Any]:
-    """Map node points to model fields: key "0" gives `type: value`; other keys give
-    `type: {key: value}` (Simple IoT's arrays/maps). Deleted points are left out."""
-    fields: dict[str, Any] = {}
-    keyed: dict[str, dict[str, Any]] = {}
-    for p in points:
-        if p.deleted:
-            continue
-        if p.key == "0":
-            fields[p.type] = p.value
-        else:
-            keyed.setdefault(p.type, {})[p.key] = p.value
-    for ptype, values in keyed.items():
-        fields.setdefault(ptype, values)
-    return fields
-
-
-def decode_config(model: type[ConfigT], node: NodeInfo) -> ConfigT:
-    """Build the typed config of a node; raise `pydantic.ValidationError` when points are wrong."""
-    return model.model_validate({"id": node.id, "parent": node.parent, **points_to_fields(node.points)})
 
 
 class NodeRunner(Protocol[ConfigT]):
@@ -98,9 +74,10 @@ class NodeManager(Generic[ConfigT]):
     """Runs a `NodeRunner` for every live node of `node_type`. Use as an async context manager;
     on enter, runners for existing nodes have started; on exit, all have stopped.
 
-    It listens narrowly, so a daemon full of managers does not receive every write once per
-    manager: edge changes (`up.root.<node>.<parent>`, rare) reveal nodes of its type, and each
-    such node's own points arrive on `up.<node>.<node>`, filtered by nats-server.
+    It watches narrowly (siot/bus.py), so a daemon full of managers is not shown every write
+    once per manager: edge changes (rare) reveal nodes of its type, and each such node's own
+    points arrive through a watch of that node. Changes are handled one at a time, in commit
+    order, by the manager's own task.
     """
 
     def __init__(
@@ -112,36 +89,41 @@ class NodeManager(Generic[ConfigT]):
         self.factory = factory
         self.runners: dict[str, NodeRunner[ConfigT]] = {}
         self._configs: dict[str, ConfigT] = {}  # what each runner was last started or updated with
-        self._watched: dict[str, Subscription] = {}
-        self._edge_sub: Subscription | None = None
+        self._watched: dict[str, Watch] = {}
+        self._edge_watch: Watch | None = None
         self._errors: dict[str, str] = {}  # node -> the error this manager has written on it
-        self._lock = asyncio.Lock()  # one change at a time, whichever subscription it came on
+        # Changes of our nodes and of every edge, in commit order, for `_consume`.
+        self._changes: asyncio.Queue[Change] = asyncio.Queue()
+        self._consumer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> NodeManager[ConfigT]:
-        self._edge_sub = await self.ctx.nc.subscribe(subjects.up(ROOT, "*", "*"), cb=self._on_msg)
+        # Watch before reading the tree, so a node created meanwhile is queued, not missed.
+        self._edge_watch = self.ctx.client.watch(ROOT, Scope.EDGES, self._on_change_committed)
         tree = self.ctx.store.tree
-        async with self._lock:
-            for (_parent, node), state in list(tree.edges.items()):
-                if state.node_type == self.node_type and tree.live_parents(node):
-                    await self._guarded(node, self._watch(node))
+        for (_parent, node), state in list(tree.edges.items()):
+            if state.node_type == self.node_type and tree.live_parents(node):
+                await self._guarded(node, self._watch(node))
+        self._consumer = asyncio.create_task(self._consume(), name=f"{self.node_type} manager")
         logger.info("%s manager: %d node(s) running", self.node_type, len(self.runners))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._edge_sub is not None:
-            await self._edge_sub.unsubscribe()
-        async with self._lock:
-            for node in list(self._watched):
-                await self._unwatch(node)
+        if self._edge_watch is not None:
+            self._edge_watch.cancel()
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+        for node in list(self._watched):
+            await self._unwatch(node)
 
-    async def _on_msg(self, msg: Msg) -> None:
-        tokens = msg.subject.split(".")
-        node = tokens[2]
-        if not self._is_ours(node):
-            return
-        change = Change(node, tokens[3] if len(tokens) > 3 else None, decode_trusted_points(msg.data))
-        async with self._lock:
-            await self._guarded(node, self._on_change(change))
+    def _on_change_committed(self, _ancestor: str, change: Change) -> None:
+        if self._is_ours(change.node):
+            self._changes.put_nowait(change)
+
+    async def _consume(self) -> None:
+        while True:
+            change = await self._changes.get()
+            await self._guarded(change.node, self._on_change(change))
 
     async def _guarded(self, node: str, work: Awaitable[None]) -> None:
         """Run `work` for `node`; whatever it raises is the node's error, not the manager's."""
@@ -168,15 +150,15 @@ class NodeManager(Generic[ConfigT]):
         await self._refresh(node, change)
 
     async def _watch(self, node: str) -> None:
-        """Follow a node's own points; subscribe before reading it so no write falls between."""
+        """Follow a node's own points; watch before reading it so no write falls between."""
         if node not in self._watched:
-            self._watched[node] = await self.ctx.nc.subscribe(subjects.up(node, node), cb=self._on_msg)
+            self._watched[node] = self.ctx.client.watch(node, Scope.OWN, self._on_change_committed)
         await self._refresh(node, None)
 
     async def _unwatch(self, node: str) -> None:
-        sub = self._watched.pop(node, None)
-        if sub is not None:
-            await sub.unsubscribe()
+        watch = self._watched.pop(node, None)
+        if watch is not None:
+            watch.cancel()
         await self._stop(node)
 
     @staticmethod
@@ -195,12 +177,9 @@ class NodeManager(Generic[ConfigT]):
             # reporting an "invalid config" that is only a node half-way through creation.
             return
         try:
-            config = decode_config(self.model, info)
-        except pydantic.ValidationError as exc:
-            await self._fail(node, f"invalid config: {_short(exc)}")
-            return
-        except Exception as exc:  # a validator that raised something else
-            await self._fail(node, f"invalid config: {_exception(exc)}")
+            config = decode_config(self.model, info.points, id=info.id, parent=info.parent)
+        except ConfigError as exc:
+            await self._fail(node, f"invalid config: {str(exc).removeprefix('invalid config: ')}")
             return
         runner = self.runners.get(node)
         starting = runner is None
@@ -259,12 +238,6 @@ class NodeManager(Generic[ConfigT]):
                 await self.ctx.client.send_points(node, [Point("error", "", origin=node, tombstone=1)])
 
 
-def _short(exc: pydantic.ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()
-    )
-
-
 def _exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -273,7 +246,7 @@ def managed(
     node_type: str, model: type[ConfigT], factory: RunnerFactory[ConfigT]
 ) -> Callable[[AppContext], contextlib.AbstractAsyncContextManager[NodeManager[ConfigT]]]:
     """The node-client factory for a type whose nodes each get one runner, for
-    `register_node_client(managed(TYPE, Config, Runner))`."""
+    siot/node_clients.py: `managed(TYPE, Config, Runner)`."""
 
     def start(ctx: AppContext) -> NodeManager[ConfigT]:
         return NodeManager(ctx, node_type, model, factory)

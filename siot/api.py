@@ -12,7 +12,6 @@ import asyncio
 import logging
 import reprlib
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +20,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from siot import subjects
-from siot.codec import DEFAULT_MAX_BATCH_POINTS, decode_points, decode_request, encode
+from siot.codec import decode_points, decode_request, encode
 from siot.errors import InvalidInput, SiotError, StoreBusy, UnknownNode
 from siot.fair import FairScheduler, requester_of
-from siot.outbox import Outbox
 from siot.points import INT64_MAX, INT64_MIN, Point
-from siot.store import ROOT_PARENT, Store, Write
+from siot.reads import selected_edges
+from siot.store import Write
+from siot.write_path import WritePath
 
 logger = logging.getLogger(__name__)
 
@@ -39,24 +39,13 @@ MAX_HISTORY_LIMIT = 1_000_000
 # behind a flood; 64 MB keeps the daemon inside its memory budget then.
 SUBSCRIPTION_PENDING_MSGS = 200_000
 SUBSCRIPTION_PENDING_BYTES = 64 * 1024 * 1024
-BUSY_LOG_INTERVAL_S = 10.0
-MAX_ERROR_KEYS = 10_000
 # Read requests (nodes.*, history.*) run at most this many at once, round-robin across
 # requesters, each of which may have this many waiting (siot/fair.py).
 READ_CONCURRENCY = 4
 READS_PER_REQUESTER = 1_000
-OTHER_ERRORS_KEY = "(other)"
-# Rejected inputs are logged one line each, up to this many per interval: a flood of bad input
-# must not become a flood of log lines (disk, journald).
-ERROR_LOG_BURST = 50
-ERROR_LOG_INTERVAL_S = 10.0
 # Room kept in a reply for its envelope (`ok`, `next`); the rest of the broker's max_payload is
 # for the page's items. nats-server drops a larger message without a word to either side.
 REPLY_ENVELOPE_BYTES = 4096
-
-# Checks a decoded batch before it is stored: (node, parent, points); raises `InvalidInput`
-# (usually `InvalidPoint`) to refuse the whole batch. Runs on the hot path: keep it cheap.
-Validator = Callable[[str, str, list[Point]], None]
 
 
 def node_wire(
@@ -72,35 +61,25 @@ def node_wire(
 
 
 class Api:
-    """Serves the NATS API for one store. `async with Api(nc, store):` subscribes and returns when
-    every subscription is live; leaving unsubscribes (stops intake) but leaves the store open."""
+    """Serves the NATS API for one store. `async with Api(nc, write_path):` subscribes and returns
+    when every subscription is live; leaving unsubscribes (stops intake) but leaves the store open.
 
-    def __init__(self, nc: NATS, store: Store, *, max_batch_points: int = DEFAULT_MAX_BATCH_POINTS) -> None:
+    Writes enter the one write path (siot/write_path.py); this class decodes them, acknowledges
+    them after commit, and counts what was refused. The fan-out of committed changes is
+    siot/fanout.py's."""
+
+    def __init__(self, nc: NATS, write_path: WritePath) -> None:
         self.nc = nc
-        self.store = store
-        self.max_batch_points = max_batch_points
-        self.errors: Counter[str] = Counter()
+        self.write_path = write_path
+        self.store = write_path.store
         # False until the app has started every node client; served on siot.stats so tools and
         # tests can tell "answers requests" from "fully running".
         self.ready = False
         self.accepted_points = 0
-        # Writes refused because the store's queue was full: with a reply subject the sender was
-        # told "busy"; without one they are dropped (like nats-server's slow-consumer count).
-        self.busy_refused = 0
-        self.busy_dropped = 0
-        self._busy_logged_at = 0.0
-        self._error_log = LogBudget(ERROR_LOG_BURST, ERROR_LOG_INTERVAL_S)
         self._reads = FairScheduler(READ_CONCURRENCY, READS_PER_REQUESTER)
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
-        self._validators: list[Validator] = []
         self._stats: dict[str, Callable[[], Any]] = {}
-
-    def add_validator(self, validator: Validator) -> Callable[[], None]:
-        """Check every batch on `p.*` before it is stored (e.g. data models); a refusal is replied
-        and counted like any bad input. Returns the function that removes the validator."""
-        self._validators.append(validator)
-        return lambda: self._validators.remove(validator)
 
     def add_stats(self, name: str, source: Callable[[], Any]) -> Callable[[], None]:
         """Serve `source()` as field `name` of `siot.stats` (e.g. the sync server's error counts),
@@ -133,19 +112,8 @@ class Api:
         if self._remove_listener:
             self._remove_listener()
 
-    def _count_error(self, node: str, exc: Exception) -> None:
-        # Keyed by a token the sender chose: past MAX_ERROR_KEYS distinct ones (a flood of
-        # p.<random>), the rest are counted together so the counter and siot.stats stay bounded.
-        if node not in self.errors and len(self.errors) >= MAX_ERROR_KEYS:
-            node = OTHER_ERRORS_KEY
-        self.errors[node] += 1
-        held_back = self._error_log.take()
-        if held_back is not None:
-            more = f" ({held_back} more rejected inputs not logged)" if held_back else ""
-            logger.warning("api: rejected input for %s: %s%s", node or "?", exc, more)
-
     async def _reply_error(self, msg: Msg, node: str, exc: Exception) -> None:
-        self._count_error(node, exc)
+        self.write_path.refused(node, exc)
         if msg.reply:
             await self.nc.publish(msg.reply, encode({"error": str(exc)}))
 
@@ -155,12 +123,10 @@ class Api:
         try:
             if len(tokens) not in (2, 3):
                 raise InvalidInput(f"subject {msg.subject!r} must be p.<node> or p.<node>.<parent>")
-            subjects.check_node_token(node)
-            parent = subjects.check_node_token(tokens[2], what="parent id") if len(tokens) == 3 else ""
-            batch = decode_points(msg.data, max_points=self.max_batch_points)
-            for validate in self._validators:
-                validate(node, parent, batch)
-            self.store.submit(node, batch, parent=parent, reply=msg.reply or None)
+            parent = tokens[2] if len(tokens) == 3 else ""
+            self.write_path.check_target(node, parent)
+            batch = decode_points(msg.data, max_points=self.write_path.max_batch_points)
+            self.write_path.submit(node, batch, parent=parent, reply=msg.reply or None)
         except InvalidInput as exc:
             await self._reply_error(msg, node, exc)
         except StoreBusy as exc:
@@ -169,47 +135,25 @@ class Api:
             await self._reply_error(msg, node, exc)
 
     async def _refuse_busy(self, msg: Msg, exc: StoreBusy) -> None:
-        """Not bad input, and it comes in floods: counted apart, logged at most every 10 s."""
+        """Not bad input, and it comes in floods: counted apart (write_path.busy)."""
+        self.write_path.busy(exc, told=bool(msg.reply))
         if msg.reply:
-            self.busy_refused += 1
             await self.nc.publish(msg.reply, encode({"error": str(exc)}))
-        else:
-            self.busy_dropped += 1
-        now = time.monotonic()
-        if now - self._busy_logged_at >= BUSY_LOG_INTERVAL_S:
-            self._busy_logged_at = now
-            logger.warning(
-                "api: %s (so far %d writes refused with a reply, %d dropped without one)",
-                exc,
-                self.busy_refused,
-                self.busy_dropped,
-            )
 
     async def _on_commit(self, writes: list[Write]) -> None:
-        """Ack every write of a committed group, then fan out what changed: the whole group's
-        messages go to the connection in one call (`Outbox`), acks first."""
-        outbox = Outbox(self.nc)
-        fanout: dict[tuple[str, str], list[Point]] = {}
+        """Acknowledge every write of a committed group that asked for it, with its error if it
+        has one; count what was stored and refused (in-process writes too: they pass the same
+        listener)."""
+        publish = self.nc.publish
         for write in writes:
             if write.error is not None:
-                self._count_error(write.node, write.error)
+                self.write_path.refused(write.node, write.error)
                 if write.reply:
-                    outbox.add(write.reply, encode({"error": str(write.error)}))
+                    await publish(write.reply, encode({"error": str(write.error)}))
                 continue
             if write.reply:
-                outbox.add(write.reply, OK_REPLY)
-            if write.changed:
-                self.accepted_points += len(write.changed)
-                fanout.setdefault((write.node, write.parent), []).extend(write.changed)
-        tree = self.store.tree
-        for (node, parent), points in fanout.items():
-            targets = {node, ROOT_PARENT} | tree.ancestors(node)
-            if parent:
-                targets.add(parent)
-                targets |= tree.ancestors(parent)
-            payload = encode([p.to_wire() for p in points])
-            outbox.fan_out([subjects.up(ancestor, node, parent or None) for ancestor in targets], payload)
-        await outbox.send()
+                await publish(write.reply, OK_REPLY)
+            self.accepted_points += len(write.changed)
 
     async def _respond(self, msg: Msg, node: str, handler: Any) -> None:
         """Run a request handler and reply with its map, or with {"error"} on bad input."""
@@ -229,7 +173,9 @@ class Api:
         """Queue a read request under its requester (siot/fair.py) instead of serving it in the
         subscription's callback, where it would wait behind every request queued before it."""
         if not msg.reply:  # nobody waits for the answer (e.g. published over MQTT): not served
-            self._count_error(node, InvalidInput(f"{msg.subject}: a read request needs a reply subject"))
+            self.write_path.refused(
+                node, InvalidInput(f"{msg.subject}: a read request needs a reply subject")
+            )
             return
         if not self._reads.submit(requester_of(msg.reply), lambda: self._respond(msg, node, handler)):
             await self._refuse_busy(
@@ -246,36 +192,23 @@ class Api:
     async def _nodes(self, parent: str, node: str, request: dict[str, Any]) -> dict[str, Any]:
         """The nodes asked for, in id order, as many as fit in one reply; `next` (an id, passed
         back as `after`) continues the listing when they did not all fit."""
-        tree = self.store.tree
-        want_type = request.get("type") or None
-        include_deleted = bool(request.get("deleted", False))
         after = request.get("after")
         if after is not None and not isinstance(after, str):
             raise InvalidInput("nodes field 'after' must be the 'next' id of the previous page")
-        if parent == ROOT_PARENT and node == subjects.ALL:
-            node = self.store.root_id
-        if node == subjects.ALL:
-            if parent != ROOT_PARENT and not tree.has_node(parent):
-                raise UnknownNode(parent)
-            pairs = [(parent, child) for child in sorted(tree.children.get(parent, ()))]
-        elif parent == subjects.ALL:
-            if not tree.has_node(node):
-                raise UnknownNode(node)
-            pairs = [(p, node) for p in sorted(tree.parents.get(node, ()))]
-        else:
-            if tree.edge(parent, node) is None:
-                raise UnknownNode(node, f"no edge from '{parent}'")
-            pairs = [(parent, node)]
+        edges = selected_edges(
+            self.store.tree,
+            self.store.root_id,
+            parent,
+            node,
+            node_type=request.get("type") or None,
+            deleted=bool(request.get("deleted", False)),
+        )
         page = ReplyPage(self._page_budget())
-        for edge_parent, child in pairs:
-            page_key = edge_parent if parent == subjects.ALL else child
+        for edge_parent, child, page_key in edges:
             if after is not None and page_key <= after:
                 continue
-            state = tree.edge(edge_parent, child)
-            assert state is not None
-            if state.deleted and not include_deleted:
-                continue
-            if want_type and state.node_type != want_type:
+            state = self.store.tree.edge(edge_parent, child)
+            if state is None:  # the tree was reloaded from disk meanwhile (a failed commit)
                 continue
             wire = node_wire(
                 child,
@@ -343,37 +276,14 @@ class Api:
                 "commits": self.store.commits,
                 "committedWrites": self.store.committed_writes,
                 "acceptedPoints": self.accepted_points,
-                "busyRefused": self.busy_refused,
-                "busyDropped": self.busy_dropped,
-                "errors": dict(self.errors),
+                "busyRefused": self.write_path.busy_refused,
+                "busyDropped": self.write_path.busy_dropped,
+                "errors": dict(self.write_path.errors),
                 "nodes": len(self.store.tree.parents),
                 **{name: source() for name, source in self._stats.items()},
             }
 
         await self._respond(msg, "", stats)
-
-
-class LogBudget:
-    """Allows `burst` log lines per `interval_s`; `take()` returns None when over budget, else
-    how many lines were held back since the last one allowed."""
-
-    def __init__(self, burst: int, interval_s: float) -> None:
-        self.burst = burst
-        self.interval_s = interval_s
-        self._window_start = -interval_s
-        self._used = 0
-        self._held_back = 0
-
-    def take(self) -> int | None:
-        now = time.monotonic()
-        if now - self._window_start >= self.interval_s:
-            self._window_start, self._used = now, 0
-        if self._used >= self.burst:
-            self._held_back += 1
-            return None
-        self._used += 1
-        held_back, self._held_back = self._held_back, 0
-        return held_back
 
 
 class ReplyPage:

@@ -1,5 +1,5 @@
-"""App wiring for `siot serve`: broker, NATS connection, store, API and node clients, started in
-that order on one AsyncExitStack and stopped in reverse.
+"""App wiring for `siot serve`: broker, NATS connection, store, write path, API, fan-out and node
+clients, started in that order on one AsyncExitStack and stopped in reverse.
 
 Shutdown order matters: node clients stop first, then the API unsubscribes (no new intake), the
 store commits and acks what is queued (its acks still go out over NATS), NATS drains, and only
@@ -11,26 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nats.aio.client import Client as NATS
 from nats.errors import SlowConsumerError
 
 from siot import nats_client
-from siot.api import Api, LogBudget, wait_closed
+from siot.api import Api, wait_closed
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT, Broker, BrokerConfig
-from siot.client import Client
+from siot.bus import ChangeBus
+from siot.fanout import Fanout
+from siot.local import LocalClient
+from siot.logbudget import LogBudget
+from siot.node_clients import NODE_CLIENTS
+from siot.runtime import AppContext, NodeClient
 from siot.store import Store, StoreConfig
 from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES
 from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
+from siot.write_path import WritePath
 
 logger = logging.getLogger(__name__)
 
@@ -63,68 +67,15 @@ class ServeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class AppContext:
-    """What a node client gets: the config, the store (read-only use), a client library
-    instance on the daemon's own NATS connection (all writes go through the API), and the API
-    itself (to hook validators onto the ingest path)."""
-
-    config: ServeConfig
-    store: Store
-    nc: NATS
-    client: Client
-    broker_url: str
-    api: Api
-    # Roots of other instances' subtrees replicated here (edges synced up to this instance).
-    downstream_roots: set[str] = field(default_factory=set)
-
-    @property
-    def instance_id(self) -> str:
-        return self.store.instance_id
-
-    def manages(self, node: str) -> bool:
-        """Whether this instance's node clients act on `node`. Not for a node inside an edge's
-        replicated subtree: the edge runs its own rules, ingest and archive, and running them in
-        the cloud as well would fire every action twice."""
-        roots = self.downstream_roots
-        return not roots or (node not in roots and roots.isdisjoint(self.store.tree.ancestors(node)))
-
-
-NodeClientFactory = Callable[[AppContext], AbstractAsyncContextManager[Any]]
-
-# Node-type clients started by `siot serve`, in order; each is an async context manager factory.
-NODE_CLIENTS: list[NodeClientFactory] = []
-
-
-def register_node_client(factory: NodeClientFactory) -> NodeClientFactory:
-    """Add a node client to every `siot serve`. Usable as a decorator."""
-    NODE_CLIENTS.append(factory)
-    return factory
-
-
-# Modules whose import registers their node clients (@register_node_client), in start order.
-# Imported when an App starts, not here, because they import this module. Data models come
-# before ingest so the validator is in place before ingest sends its first point.
-NODE_CLIENT_MODULES: list[str] = [
-    "siot.sync.service",  # first: it tells the others which subtrees belong to edges
-    "siot.nodes.models",
-    "siot.nodes.ingest",
-    "siot.nodes.archive",
-]
-NODE_CLIENT_MODULES.append("siot.nodes.rules.manager")  # rules start last: they act on the others
-
-
-def load_node_clients() -> None:
-    for name in NODE_CLIENT_MODULES:
-        importlib.import_module(name)
-
-
 class App:
     """One running siot instance. `async with App(config) as app:` returns when it is serving;
     `await app.run_until_stopped()` serves until SIGINT/SIGTERM or `app.stop()`."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, node_clients: Sequence[NodeClient] | None = None) -> None:
+        """`node_clients`: what to run instead of siot/node_clients.py's list (a test runs the
+        rules on a manual clock, say)."""
         self.config = config
+        self.node_clients = NODE_CLIENTS if node_clients is None else tuple(node_clients)
         self.broker: Broker | None = None
         self.store: Store | None = None
         self.api: Api | None = None
@@ -204,15 +155,23 @@ class App:
         )
         self._stack.push_async_callback(wait_closed, nc)
         self.store = await self._stack.enter_async_context(store)
-        self.api = await self._stack.enter_async_context(Api(nc, self.store))
-        client = Client(nc)
-        await client.load_root()
+        write_path = WritePath(self.store)
+        bus = ChangeBus()
+        # The API's commit listener (acks) goes in before the fan-out's: an ack leads its changes.
+        self.api = await self._stack.enter_async_context(Api(nc, write_path))
+        await self._stack.enter_async_context(Fanout(nc, self.store, bus))
         self.context = AppContext(
-            config=cfg, store=self.store, nc=nc, client=client, broker_url=url, api=self.api
+            config=cfg,
+            store=self.store,
+            write_path=write_path,
+            bus=bus,
+            client=LocalClient(write_path, bus),
+            nc=nc,
+            broker_url=url,
+            api=self.api,
         )
-        load_node_clients()
-        for factory in NODE_CLIENTS:
-            await self._stack.enter_async_context(factory(self.context))
+        for node_client in self.node_clients:
+            await self._stack.enter_async_context(node_client(self.context))
         self.api.ready = True
         # Everything built during start-up (modules, the tree, node configs) lives as long as the
         # process: moved out of the collector's reach, a full collection scans only what came

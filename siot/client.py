@@ -15,13 +15,14 @@ Every method that writes waits for the store's acknowledgement (the points are c
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -30,6 +31,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from siot import nats_client, subjects
+from siot.bus import Change
 from siot.codec import decode_reply, decode_trusted_points, encode, point_from_wire
 from siot.errors import ConnectFailed, RequestFailed
 from siot.points import NODE_TYPE, TOMBSTONE, Point
@@ -89,43 +91,23 @@ class TreeNode:
     children: list[TreeNode] = field(default_factory=list)
 
 
-@dataclass(slots=True, frozen=True)
-class Change:
-    """Points committed for `node` (edge points of parent -> node when `parent` is set)."""
+class ChangeStream(abc.ABC):
+    """Live committed changes at and under a node: an async context manager and iterator.
 
-    node: str
-    parent: str | None
-    points: list[Point]
-
-
-class Changes:
-    """Live committed changes under a node: an async context manager and iterator.
-
-    The subscription is live when `__aenter__` returns, so nothing committed after that is missed.
+    The feed is live when `__aenter__` returns, so nothing committed after that is missed.
     """
 
-    def __init__(self, nc: NATS, node: str, max_pending: int) -> None:
-        self._nc = nc
-        self._node = node
+    def __init__(self, node: str, max_pending: int) -> None:
+        self.node = node
         self._queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=max_pending)
-        self._sub: Any = None
 
-    async def _on_msg(self, msg: Msg) -> None:
-        tokens = msg.subject.split(".")
-        parent = tokens[3] if len(tokens) > 3 else None
-        change = Change(node=tokens[2], parent=parent, points=decode_trusted_points(msg.data))
-        await self._queue.put(change)
+    @abc.abstractmethod
+    async def __aenter__(self) -> Self: ...
 
-    async def __aenter__(self) -> Changes:
-        self._sub = await self._nc.subscribe(subjects.up_all(self._node), cb=self._on_msg)
-        await self._nc.flush()
-        return self
+    @abc.abstractmethod
+    async def __aexit__(self, *exc: object) -> None: ...
 
-    async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
-
-    def __aiter__(self) -> Changes:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Change:
@@ -135,12 +117,158 @@ class Changes:
         return await self._queue.get()
 
 
+class Changes(ChangeStream):
+    """Committed changes over NATS: a subscription to `up.<node>.>`."""
+
+    def __init__(self, nc: NATS, node: str, max_pending: int) -> None:
+        super().__init__(node, max_pending)
+        self._nc = nc
+        self._sub: Any = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        parent = tokens[3] if len(tokens) > 3 else None
+        change = Change(node=tokens[2], parent=parent, points=decode_trusted_points(msg.data))
+        await self._queue.put(change)
+
+    async def __aenter__(self) -> Self:
+        self._sub = await self._nc.subscribe(subjects.up_all(self.node), cb=self._on_msg)
+        await self._nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+
 async def _log_connection_error(exc: Exception) -> None:
     """nats-py prints a traceback per failed attempt by default; one warning line is enough."""
     logger.warning("nats: %s", exc or type(exc).__name__)
 
 
-class Client:
+class BaseClient(abc.ABC):
+    """What every handle on a siot instance offers, whichever way it reaches the instance: over
+    NATS (`Client`, for devices, scripts and the CLI) or in process (`siot.local.LocalClient`,
+    for the daemon's node clients). The node operations are built here once on four primitives:
+    `_send`, `nodes`, `history` and `changes`."""
+
+    _root_id: str | None = None
+
+    @abc.abstractmethod
+    async def _send(self, node: str, parent: str, points: Sequence[Point], ack: bool) -> None:
+        """Write points to a node (`parent` "") or to the edge parent -> node; with `ack`, return
+        after commit and raise the write's error."""
+
+    @abc.abstractmethod
+    async def nodes(
+        self, parent: str, node: str = subjects.ALL, *, type: str | None = None, deleted: bool = False
+    ) -> list[NodeInfo]:
+        """The nodes `nodes.<parent>.<node>` names (DESIGN §3): `all` as either token lists
+        children or parents."""
+
+    @abc.abstractmethod
+    async def history(
+        self,
+        node: str,
+        type: str | None = None,
+        key: str | None = None,
+        *,
+        start_ns: int = 0,
+        end_ns: int = HISTORY_END_NS,
+        limit: int = 10_000,
+    ) -> list[Point]:
+        """Up to `limit` logged points with start <= time < end, oldest first."""
+
+    @abc.abstractmethod
+    def changes(self, node: str = subjects.ROOT, *, max_pending: int = 100_000) -> ChangeStream:
+        """Committed changes at and under `node` (default: everything), from now on."""
+
+    # ---- writes ----
+
+    async def send_points(self, node: str, points: Sequence[Point], *, ack: bool = True) -> None:
+        """Write points to `node`; with `ack` (the default) return once they are committed."""
+        await self._send(node, "", points, ack)
+
+    async def send_edge_points(
+        self, node: str, parent: str, points: Sequence[Point], *, ack: bool = True
+    ) -> None:
+        """Write points of the edge `parent` -> `node` (nodeType, tombstone, ...)."""
+        await self._send(node, parent, points, ack)
+
+    async def create_node(
+        self, parent: str, node_type: str, points: Sequence[Point] = (), *, node_id: str | None = None
+    ) -> str:
+        """Create a node under `parent` (the edge first, then its points); return its id."""
+        node_id = node_id or str(uuid.uuid4())
+        await self.send_edge_points(node_id, parent, [Point(NODE_TYPE, node_type), Point(TOMBSTONE, 0)])
+        if points:
+            await self.send_points(node_id, points)
+        return node_id
+
+    async def delete_node(self, node: str, parent: str) -> None:
+        await self.send_edge_points(node, parent, [Point(TOMBSTONE, 1)])
+
+    async def undelete_node(self, node: str, parent: str) -> None:
+        await self.send_edge_points(node, parent, [Point(TOMBSTONE, 0)])
+
+    async def mirror_node(self, node: str, new_parent: str) -> None:
+        """Make `node` also appear under `new_parent` (a DAG); it keeps its other parents."""
+        info = await self.get_node(node)
+        await self.send_edge_points(node, new_parent, [Point(NODE_TYPE, info.type), Point(TOMBSTONE, 0)])
+
+    async def move_node(self, node: str, old_parent: str, new_parent: str) -> None:
+        """Add the new edge before deleting the old, so the node is never without a parent."""
+        await self.mirror_node(node, new_parent)
+        await self.delete_node(node, old_parent)
+
+    # ---- reads ----
+
+    async def root(self) -> NodeInfo:
+        return (await self.nodes(subjects.ROOT, subjects.ALL))[0]
+
+    @property
+    def root_id(self) -> str:
+        if self._root_id is None:
+            raise RuntimeError("call `await client.load_root()` (or root()) before using root_id")
+        return self._root_id
+
+    async def load_root(self) -> str:
+        self._root_id = (await self.root()).id
+        return self._root_id
+
+    async def get_node(self, node: str, *, deleted: bool = True) -> NodeInfo:
+        """The node under its first parent (live parents first)."""
+        found = await self.nodes(subjects.ALL, node, deleted=deleted)
+        if not found:
+            raise RequestFailed(f"node '{node}' has no parent edge")
+        found.sort(key=lambda n: n.deleted)
+        return found[0]
+
+    async def children(
+        self, parent: str, *, type: str | None = None, deleted: bool = False
+    ) -> list[NodeInfo]:
+        return await self.nodes(parent, subjects.ALL, type=type, deleted=deleted)
+
+    async def tree(self, node: str | None = None, *, deleted: bool = False) -> TreeNode:
+        """The subtree at `node` (default: the root), each node once even in a DAG."""
+        top = await self.root() if node is None else await self.get_node(node)
+        seen = {top.id}
+        result = TreeNode(top)
+        stack = [result]  # depth first, without recursion: a tree may be thousands deep
+        while stack:
+            tree_node = stack.pop()
+            added = []
+            for child in await self.children(tree_node.node.id, deleted=deleted):
+                if child.id in seen:
+                    continue
+                seen.add(child.id)
+                added.append(TreeNode(child))
+            tree_node.children += added
+            stack += reversed(added)
+        return result
+
+
+class Client(BaseClient):
     """A connection to one siot instance. Build it with `await Client.connect(url)` (it owns and
     closes the NATS connection) or `Client(nc)` around a connection you own."""
 
@@ -207,46 +335,13 @@ class Client:
 
     # ---- writes ----
 
-    async def send_points(self, node: str, points: Sequence[Point], *, ack: bool = True) -> None:
-        await self._send(subjects.points(node), points, ack)
-
-    async def send_edge_points(
-        self, node: str, parent: str, points: Sequence[Point], *, ack: bool = True
-    ) -> None:
-        await self._send(subjects.points(node, parent), points, ack)
-
-    async def _send(self, subject: str, points: Sequence[Point], ack: bool) -> None:
+    async def _send(self, node: str, parent: str, points: Sequence[Point], ack: bool) -> None:
+        subject = subjects.points(node, parent or None)
         payload = encode([p.to_wire() for p in points])
         if ack:
             await self.request(subject, payload)
         else:
             await self.nc.publish(subject, payload)
-
-    async def create_node(
-        self, parent: str, node_type: str, points: Sequence[Point] = (), *, node_id: str | None = None
-    ) -> str:
-        """Create a node under `parent` (the edge first, then its points); return its id."""
-        node_id = node_id or str(uuid.uuid4())
-        await self.send_edge_points(node_id, parent, [Point(NODE_TYPE, node_type), Point(TOMBSTONE, 0)])
-        if points:
-            await self.send_points(node_id, points)
-        return node_id
-
-    async def delete_node(self, node: str, parent: str) -> None:
-        await self.send_edge_points(node, parent, [Point(TOMBSTONE, 1)])
-
-    async def undelete_node(self, node: str, parent: str) -> None:
-        await self.send_edge_points(node, parent, [Point(TOMBSTONE, 0)])
-
-    async def mirror_node(self, node: str, new_parent: str) -> None:
-        """Make `node` also appear under `new_parent` (a DAG); it keeps its other parents."""
-        info = await self.get_node(node)
-        await self.send_edge_points(node, new_parent, [Point(NODE_TYPE, info.type), Point(TOMBSTONE, 0)])
-
-    async def move_node(self, node: str, old_parent: str, new_parent: str) -> None:
-        """Add the new edge before deleting the old, so the node is never without a parent."""
-        await self.mirror_node(node, new_parent)
-        await self.delete_node(node, old_parent)
 
     # ---- reads ----
 
@@ -265,50 +360,6 @@ class Client:
             if reply.get("next") is None:
                 return found
             request["after"] = reply["next"]
-
-    async def root(self) -> NodeInfo:
-        return (await self.nodes(subjects.ROOT, subjects.ALL))[0]
-
-    @property
-    def root_id(self) -> str:
-        if self._root_id is None:
-            raise RuntimeError("call `await client.load_root()` (or root()) before using root_id")
-        return self._root_id
-
-    async def load_root(self) -> str:
-        self._root_id = (await self.root()).id
-        return self._root_id
-
-    async def get_node(self, node: str, *, deleted: bool = True) -> NodeInfo:
-        """The node under its first parent (live parents first)."""
-        found = await self.nodes(subjects.ALL, node, deleted=deleted)
-        if not found:
-            raise RequestFailed(f"node '{node}' has no parent edge")
-        found.sort(key=lambda n: n.deleted)
-        return found[0]
-
-    async def children(
-        self, parent: str, *, type: str | None = None, deleted: bool = False
-    ) -> list[NodeInfo]:
-        return await self.nodes(parent, subjects.ALL, type=type, deleted=deleted)
-
-    async def tree(self, node: str | None = None, *, deleted: bool = False) -> TreeNode:
-        """The subtree at `node` (default: the root), each node once even in a DAG."""
-        top = await self.root() if node is None else await self.get_node(node)
-        seen = {top.id}
-        result = TreeNode(top)
-        stack = [result]  # depth first, without recursion: a tree may be thousands deep
-        while stack:
-            tree_node = stack.pop()
-            added = []
-            for child in await self.children(tree_node.node.id, deleted=deleted):
-                if child.id in seen:
-                    continue
-                seen.add(child.id)
-                added.append(TreeNode(child))
-            tree_node.children += added
-            stack += reversed(added)
-        return result
 
     async def history(
         self,
@@ -339,4 +390,4 @@ class Client:
         return Changes(self.nc, node, max_pending)
 
 
-__all__ = ["Change", "Changes", "Client", "NodeInfo", "TreeNode"]
+__all__ = ["BaseClient", "Change", "ChangeStream", "Changes", "Client", "NodeInfo", "TreeNode"]

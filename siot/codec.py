@@ -90,16 +90,21 @@ def decode_points(data: bytes, *, max_points: int = DEFAULT_MAX_BATCH_POINTS) ->
         raw = [raw]
     if not isinstance(raw, list):
         raise DecodeError(f"a batch must be an array of points, got {type(raw).__name__}")
-    if not raw:
-        raise DecodeError("empty batch")
-    if len(raw) > max_points:
-        raise BatchTooLarge(len(raw), max_points, "points")
+    check_batch_size(len(raw), max_points)
     points = []
     for index, item in enumerate(raw):
         if json_payload and isinstance(item, dict) and isinstance(item.get("time"), str):
             item = {**item, "time": parse_rfc3339_ns(item["time"], index=index)}
         points.append(point_from_map(item, index))
     return points
+
+
+def check_batch_size(count: int, max_points: int) -> None:
+    """A batch holds 1..max_points points (the same limit for decoded and in-process batches)."""
+    if not count:
+        raise DecodeError("empty batch")
+    if count > max_points:
+        raise BatchTooLarge(count, max_points, "points")
 
 
 def decode_request(data: bytes) -> dict[str, Any]:

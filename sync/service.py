@@ -19,11 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pydantic
 from nats.aio.msg import Msg
 
-from siot.app import AppContext, register_node_client
 from siot.client import Change
 from siot.codec import encode
-from siot.nodes.manager import NodeManager
+from siot.nodes.manager import ManagedConfig, NodeManager
 from siot.points import Point
+from siot.runtime import AppContext
 from siot.store import Store
 from siot.store.store import SAVE_META
 from siot.sync import protocol
@@ -51,16 +51,12 @@ async def session_token(store: Store) -> str:
     return token
 
 
-class SyncNodeConfig(pydantic.BaseModel):
-    """Points of a `sync` node. `parent` is the upstream node to attach under ("" = its root)."""
+class SyncNodeConfig(ManagedConfig):
+    """Points of a `sync` node. `parent` is the upstream node to attach under (the node's own
+    tree parent, which the manager fills in when no `parent` point is set, = the upstream root)."""
 
-    model_config = pydantic.ConfigDict(extra="ignore")
-
-    id: str
-    parent: str = ""
     uri: str = ""  # empty while the node is being created: nothing to run yet
     authToken: str = ""
-    disabled: bool = False
     windowRows: int = pydantic.Field(protocol.DEFAULT_WINDOW_ROWS, ge=1, le=protocol.MAX_WINDOW_ROWS)
     windowBytes: int = pydantic.Field(protocol.DEFAULT_WINDOW_BYTES, ge=1024, le=protocol.MAX_WINDOW_BYTES)
 
@@ -168,7 +164,6 @@ async def apply_upstream_flag(ctx: AppContext) -> None:
         logger.info("sync: updated sync node %s for upstream %s", info.id, uri)
 
 
-@register_node_client
 @contextlib.asynccontextmanager
 async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
     """Serve edges, run our own upstream links, and answer `siot.sync.status`."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from siot.app import ServeConfig
 from siot.broker import find_nats_server
 from siot.client import Client
 from siot.cmd.chaos_support import (
@@ -36,6 +37,9 @@ from siot.cmd.chaos_support import (
     wait_port,
     wait_port_free,
 )
+from siot.node_clients import NODE_CLIENTS
+from siot.nodes.rules.manager import rules_client
+from siot.runtime import NodeClient
 
 __all__ = [
     "READY_TIMEOUT_S",
@@ -233,3 +237,17 @@ async def connected(proc: SiotProcess) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+# ---- a daemon in the test's own process ----
+
+
+def serve_config(tmp_path: Path, **options: Any) -> ServeConfig:
+    """An `App` config on free loopback ports, its data under `tmp_path`."""
+    return ServeConfig(data_dir=tmp_path / "data", nats_port=free_port(), monitor_port=0, **options)
+
+
+def without_rules() -> tuple[NodeClient, ...]:
+    """The daemon's node clients minus the rules engine: a test runs its own `RulesManager` on
+    the daemon's in-process client, on a manual clock."""
+    return tuple(client for client in NODE_CLIENTS if client is not rules_client)

@@ -11,11 +11,12 @@ import nats
 from support import SiotProcess
 from sync_support import until
 
-from siot.api import ERROR_LOG_BURST, MAX_ERROR_KEYS, OTHER_ERRORS_KEY, READS_PER_REQUESTER
+from siot.api import READS_PER_REQUESTER
 from siot.client import Client
 from siot.codec import encode
 from siot.errors import RequestFailed
 from siot.points import Point
+from siot.write_path import ERROR_LOG_BURST, MAX_ERROR_KEYS, OTHER_ERRORS_KEY
 
 FLOOD = 100_000
 RSS_BUDGET_MB = 256

@@ -12,10 +12,11 @@ import pydantic
 import pytest
 from support import free_port
 
-from siot.app import App, AppContext, ServeConfig
+from siot.app import App, ServeConfig
 from siot.client import Change, Client
-from siot.nodes.manager import NodeManager, points_to_fields
+from siot.nodes.manager import NodeManager
 from siot.points import Point
+from siot.runtime import AppContext
 
 
 class GreeterConfig(pydantic.BaseModel):
@@ -94,16 +95,6 @@ async def test_manager_starts_updates_and_stops_runners(ctx: AppContext) -> None
         assert "greeting" in error[0].value and error[0].origin == broken
         assert broken not in manager.runners
     assert await next_event() == ("stopped", existing)
-
-
-def test_points_to_fields_keys_and_tombstones() -> None:
-    points = [
-        Point("a", 1),
-        Point("tag", "x", key="color"),
-        Point("tag", "y", key="size"),
-        Point("gone", 5, tombstone=1),
-    ]
-    assert points_to_fields(points) == {"a": 1, "tag": {"color": "x", "size": "y"}}
 
 
 async def test_a_node_being_created_gets_no_spurious_error(ctx: AppContext) -> None:

@@ -1,24 +1,26 @@
-"""Rules on an injected clock: a real daemon with its built-in rules off (SIOT_RULES=off) and a
-`RulesManager` in the test, on a `ManualClock`, so DST nights, offline timeouts, holds and
-reminders take no wall time. Restarting the manager is restarting the rules engine: its state
-comes back from the daemon's store."""
+"""Rules on an injected clock: a real daemon (in this process, with its own nats-server and
+SQLite file) without its rules node client, and a `RulesManager` in the test on the daemon's
+in-process client and a `ManualClock`, so DST nights, offline timeouts, holds and reminders take
+no wall time. Restarting the manager is restarting the rules engine: its state comes back from the
+daemon's store."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from rules_support import make_rule, wait_point
-from support import SiotProcess, connected, running
+from support import serve_config, without_rules
 
-from siot import subjects
+from siot.app import App
+from siot.bus import Scope
 from siot.client import Client
-from siot.nodes.rules import ManualClock
+from siot.nodes.rules import Clock, ManualClock
 from siot.nodes.rules.manager import RulesManager
 from siot.points import Point
 
@@ -30,19 +32,29 @@ def berlin_ns(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(BERLIN)).timestamp()) * S
 
 
-@pytest.fixture
-def bare_process(tmp_path: Path) -> Iterator[SiotProcess]:
-    with running(tmp_path / "siot-data", env={"SIOT_RULES": "off"}) as proc:
-        yield proc
+Engine = Callable[[Clock], RulesManager]
 
 
 @pytest.fixture
-async def bare(bare_process: SiotProcess) -> AsyncIterator[Client]:
-    async with connected(bare_process) as client:
+async def bare_app(tmp_path: Path) -> AsyncIterator[App]:
+    async with App(serve_config(tmp_path), node_clients=without_rules()) as app:
+        yield app
+
+
+@pytest.fixture
+async def bare(bare_app: App) -> AsyncIterator[Client]:
+    async with await Client.connect(bare_app.context.broker_url, reconnect_forever=False) as client:
+        await client.load_root()
         yield client
 
 
-async def test_schedule_across_spring_forward(bare: Client) -> None:
+@pytest.fixture
+def engine(bare_app: App) -> Engine:
+    """A rules engine on the daemon's in-process client, on the given clock."""
+    return lambda clock: RulesManager(bare_app.context.client, clock=clock)
+
+
+async def test_schedule_across_spring_forward(bare: Client, engine: Engine) -> None:
     """22:00-06:00 Berlin over the night the clocks go forward: on at 22:00 CET, off at 06:00
     CEST, seven hours later."""
     clock = ManualClock(berlin_ns("2024-03-30T21:00:00"))
@@ -55,7 +67,7 @@ async def test_schedule_across_spring_forward(bare: Client) -> None:
         [{"action": "setValue", "nodeID": pump, "pointType": "run", "value": False}],
         [{"action": "setValue", "nodeID": pump, "pointType": "run", "value": True}],
     )
-    async with RulesManager(bare, clock=clock):
+    async with engine(clock):
         start = berlin_ns("2024-03-30T22:00:00")
         clock.set(start)
         assert await wait_point(bare, rule, "activeChanged", lambda v: v == start) == start
@@ -67,7 +79,7 @@ async def test_schedule_across_spring_forward(bare: Client) -> None:
         await wait_point(bare, pump, "run", lambda v: v is True)
 
 
-async def test_offline_after_silence_and_back_online(bare: Client) -> None:
+async def test_offline_after_silence_and_back_online(bare: Client, engine: Engine) -> None:
     clock = ManualClock(time.time_ns())
     sensor = await bare.create_node(bare.root_id, "device", [Point("description", "edge 1")])
     probe = await bare.create_node(sensor, "device")  # a device under the watched node counts
@@ -81,7 +93,7 @@ async def test_offline_after_silence_and_back_online(bare: Client) -> None:
         [{"action": "setValue", "nodeID": panel, "pointType": "edge", "value": "offline"}],
         [{"action": "setValue", "nodeID": panel, "pointType": "edge", "value": "online"}],
     )
-    async with RulesManager(bare, clock=clock):
+    async with engine(clock):
         clock.advance(301)
         await wait_point(bare, panel, "edge", lambda v: v == "offline")
         await bare.send_points(probe, [Point("temp", 21)])
@@ -89,7 +101,7 @@ async def test_offline_after_silence_and_back_online(bare: Client) -> None:
         await wait_point(bare, rule, "active", lambda v: v is False)
 
 
-async def test_restart_in_the_middle_of_a_hold(bare: Client) -> None:
+async def test_restart_in_the_middle_of_a_hold(bare: Client, engine: Engine) -> None:
     clock = ManualClock(time.time_ns())
     sensor = await bare.create_node(bare.root_id, "device")
     valve = await bare.create_node(bare.root_id, "device")
@@ -100,18 +112,18 @@ async def test_restart_in_the_middle_of_a_hold(bare: Client) -> None:
         [{"nodeID": sensor, "pointType": "humidity", "operator": "<", "value": 35, "minActive": 60}],
         [{"action": "setValue", "nodeID": valve, "pointType": "open", "value": True}],
     )
-    async with RulesManager(bare, clock=clock):
+    async with engine(clock):
         await bare.send_points(sensor, [Point("humidity", 30)])
         deadline = await wait_point(bare, cond, "holdUntil", lambda v: v > 0)
     assert deadline == clock.now_ns() + 60 * S
     clock.advance(40)  # the engine is down for 40 s of the hold
-    async with RulesManager(bare, clock=clock):
+    async with engine(clock):
         clock.advance(20)  # the original deadline, not 60 s after the restart
         await wait_point(bare, valve, "open", lambda v: v is True)
         assert await wait_point(bare, rule, "activeChanged", lambda v: v > 0) == deadline
 
 
-async def test_restart_while_active_no_refire_no_lost_reminder(bare: Client) -> None:
+async def test_restart_while_active_no_refire_no_lost_reminder(bare: Client, engine: Engine) -> None:
     clock = ManualClock(time.time_ns())
     sensor = await bare.create_node(bare.root_id, "device")
     siren = await bare.create_node(bare.root_id, "device")
@@ -122,22 +134,21 @@ async def test_restart_while_active_no_refire_no_lost_reminder(bare: Client) -> 
         [{"nodeID": sensor, "pointType": "water", "valueType": "onOff", "operator": "on"}],
         [{"action": "setValue", "nodeID": siren, "pointType": "beep", "value": 1, "repeatInterval": 600}],
     )
-    async with RulesManager(bare, clock=clock):
+    async with engine(clock):
         await bare.send_points(sensor, [Point("water", True)])
         first_run = await wait_point(bare, rule, "lastRun", lambda v: v > 0, key=action)
     clock.advance(300)
-    async with RulesManager(bare, clock=clock):
+    async with engine(clock):
         clock.advance(300)  # the reminder is due 600 s after the first run, across the restart
         await wait_point(bare, rule, "lastRun", lambda v: v == first_run + 600 * S, key=action)
     beeps = await bare.history(siren, "beep")
     assert len(beeps) == 2  # the first run and the reminder; the restart fired nothing
 
 
-async def test_reload_keeps_the_subtree_subscription_and_delete_releases_it(bare: Client) -> None:
-    """nats-py discards the messages still pending on a subscription that is unsubscribed, so a
-    reload that dropped and re-made its subtree subscription could lose a point in flight (this
-    made the blank-nodeID test flaky once commits got faster). A reload keeps the subscription;
-    deleting the rule releases it."""
+async def test_reload_keeps_the_subtree_watch_and_delete_releases_it(bare: Client, engine: Engine) -> None:
+    """A reload that dropped and re-made its subtree watch could miss a point committed in
+    between (with NATS subscriptions this made the blank-nodeID test flaky once). A reload keeps
+    the watch; deleting the rule releases it."""
     farm = await bare.create_node(bare.root_id, "group")
     sensor = await bare.create_node(farm, "device")
     alarms = await bare.create_node(bare.root_id, "device")
@@ -148,16 +159,16 @@ async def test_reload_keeps_the_subtree_subscription_and_delete_releases_it(bare
         [{"pointType": "humidity", "operator": "<", "value": 35}],
         [{"action": "setValue", "nodeID": alarms, "pointType": "dry", "value": True}],
     )
-    async with RulesManager(bare, clock=ManualClock(time.time_ns())) as manager:
-        subscription = manager._subs[subjects.up_all(farm)]
+    async with engine(ManualClock(time.time_ns())) as manager:
+        watch = manager.watching.current[farm, Scope.SUBTREE]
         await bare.send_points(rule, [Point("description", "any probe below 35")])
         await until(lambda: manager.rules[rule].config.description == "any probe below 35")
-        assert manager._subs[subjects.up_all(farm)] is subscription
+        assert manager.watching.current[farm, Scope.SUBTREE] is watch
         await bare.send_points(sensor, [Point("humidity", 20)])
         await wait_point(bare, alarms, "dry", lambda v: v is True)
         await bare.delete_node(rule, farm)
         await until(lambda: rule not in manager.rules)
-        assert subjects.up_all(farm) not in manager._subs
+        assert (farm, Scope.SUBTREE) not in manager.watching.current
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -167,7 +178,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_subscribes_only_to_what_the_rules_depend_on(bare: Client) -> None:
+async def test_watches_only_what_the_rules_depend_on(bare: Client, engine: Engine) -> None:
     """Edges under the root, each rule's subtree, each named node, each watched subtree: other
     traffic never reaches the engine. A deleted rule's subjects go; an undeleted rule (whose edge
     change carries no nodeType) comes back and runs."""
@@ -186,30 +197,26 @@ async def test_subscribes_only_to_what_the_rules_depend_on(bare: Client) -> None
     anywhere, _, _ = await make_rule(
         bare, farm, "any probe dry", [{"pointType": "humidity", "operator": "<", "value": 35}]
     )
-    async with RulesManager(bare, clock=ManualClock(time.time_ns())) as manager:
-        edges = subjects.up(root, "*", "*")
-        expected = {
-            edges,
-            *(subjects.up_all(n) for n in (named, anywhere, farm)),
-            subjects.up(sensor, sensor),
-        }
-        assert set(manager._subs) == expected
+    async with engine(ManualClock(time.time_ns())) as manager:
+        edges = (root, Scope.EDGES)
+        expected = {edges, *((n, Scope.SUBTREE) for n in (named, anywhere, farm)), (sensor, Scope.OWN)}
+        assert set(manager.watching.current) == expected
         await bare.delete_node(named, root)
         await until(lambda: named not in manager.rules)
-        assert set(manager._subs) == {edges, subjects.up_all(anywhere), subjects.up_all(farm)}
+        assert set(manager.watching.current) == {edges, (anywhere, Scope.SUBTREE), (farm, Scope.SUBTREE)}
         await bare.undelete_node(named, root)
         await until(lambda: named in manager.rules)
-        assert set(manager._subs) == expected
+        assert set(manager.watching.current) == expected
         await bare.send_points(sensor, [Point("humidity", 20)])
         await wait_point(bare, alarms, "dry", lambda v: v is True)
 
 
-async def test_rules_created_while_the_engine_starts_all_run(bare: Client) -> None:
+async def test_rules_created_while_the_engine_starts_all_run(bare: Client, engine: Engine) -> None:
     """Rules created while the manager reads the tree reach it through the edge subscription or
     the read (or both); none may be forgotten in between."""
     root = bare.root_id
     sensor = await bare.create_node(root, "device")
-    manager = RulesManager(bare, clock=ManualClock(time.time_ns()))
+    manager = engine(ManualClock(time.time_ns()))
     starting = asyncio.create_task(manager.__aenter__())
     targets = []
     for i in range(20):

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 from rules_support import make_rule, points_of, wait_cleared, wait_point
-from support import SiotProcess, connected
+from support import SiotProcess, connected, serve_config, without_rules
 
+from siot.app import App
 from siot.client import Client
-from siot.nodes.config import MAX_DURATION_S
+from siot.nodes.config import MAX_DURATION_S, try_decode_config
 from siot.nodes.notify.config import MsgServiceConfig
 from siot.nodes.rules import (
     ActionConfig,
@@ -32,7 +33,6 @@ from siot.nodes.rules import (
     RuleConfig,
     RuleRuntime,
     build_rule,
-    decode,
 )
 from siot.nodes.rules import manager as rules_manager
 from siot.nodes.rules.loops import LoopGuard
@@ -345,49 +345,49 @@ async def test_an_exception_in_one_rule_is_its_error_and_the_others_run(
     monkeypatch.setattr(rules_manager, "build_rule", build)
     monkeypatch.setattr(RuleRuntime, "evaluate", evaluate_or_fail)
     clock = ManualClock(time.time_ns())
-    proc = SiotProcess(data_dir=tmp_path / "siot-data", env={"SIOT_RULES": "off"})
-    try:
-        async with started(proc) as client:
-            root = client.root_id
-            sensor = await client.create_node(root, "device", [Point("description", "tank")])
-            target = await client.create_node(root, "device", [Point("description", "alarms")])
-            rules = {}
-            for name in ("fails on load", "good", "fails on evaluation"):
-                rules[name], _, _ = await make_rule(
-                    client,
-                    root,
-                    name,
-                    [{"nodeID": sensor, "pointType": "level", "operator": ">", "value": 5}],
-                    [
-                        {
-                            "action": "setValue",
-                            "nodeID": target,
-                            "pointType": name.replace(" ", "_"),
-                            "value": 1,
-                        }
-                    ],
-                )
-            async with RulesManager(client, clock=clock):
-                await wait_point(
-                    client, rules["fails on load"], "error", is_error_about("failed to load", "injected")
-                )
-                faults["on evaluation"] = True
-                await client.send_points(sensor, [Point("level", 9)])
-                await wait_point(
-                    client,
-                    rules["fails on evaluation"],
-                    "error",
-                    is_error_about("internal error", "injected"),
-                )
-                await wait_point(client, target, "good", lambda v: v == 1)  # the same point, evaluated
+    async with (
+        App(serve_config(tmp_path), node_clients=without_rules()) as app,
+        await Client.connect(app.context.broker_url, reconnect_forever=False) as client,
+    ):
+        await client.load_root()
+        root = client.root_id
+        sensor = await client.create_node(root, "device", [Point("description", "tank")])
+        target = await client.create_node(root, "device", [Point("description", "alarms")])
+        rules = {}
+        for name in ("fails on load", "good", "fails on evaluation"):
+            rules[name], _, _ = await make_rule(
+                client,
+                root,
+                name,
+                [{"nodeID": sensor, "pointType": "level", "operator": ">", "value": 5}],
+                [
+                    {
+                        "action": "setValue",
+                        "nodeID": target,
+                        "pointType": name.replace(" ", "_"),
+                        "value": 1,
+                    }
+                ],
+            )
+        async with RulesManager(app.context.client, clock=clock):
+            await wait_point(
+                client, rules["fails on load"], "error", is_error_about("failed to load", "injected")
+            )
+            faults["on evaluation"] = True
+            await client.send_points(sensor, [Point("level", 9)])
+            await wait_point(
+                client,
+                rules["fails on evaluation"],
+                "error",
+                is_error_about("internal error", "injected"),
+            )
+            await wait_point(client, target, "good", lambda v: v == 1)  # the same point, evaluated
 
-                faults.update({"on load": False, "on evaluation": False})
-                clock.advance(rules_manager.RETRY_S)
-                for name in ("fails on load", "fails on evaluation"):
-                    await wait_cleared(client, rules[name], "error")
-                    await wait_point(client, target, name.replace(" ", "_"), lambda v: v == 1)
-    finally:
-        proc.stop()
+            faults.update({"on load": False, "on evaluation": False})
+            clock.advance(rules_manager.RETRY_S)
+            for name in ("fails on load", "fails on evaluation"):
+                await wait_cleared(client, rules[name], "error")
+                await wait_point(client, target, name.replace(" ", "_"), lambda v: v == 1)
 
 
 # ---- the bounds and the guard themselves, without a daemon ----
@@ -428,7 +428,7 @@ def test_every_duration_is_bounded(model: type[Any], field: str, value: Any, ok:
         RuleConfig: [],
         MsgServiceConfig: [Point("service", "webhook"), Point("url", "http://x")],
     }
-    config, error = decode(model, [*base[model], Point(field, value)])
+    config, error = try_decode_config(model, [*base[model], Point(field, value)])
     assert (config is not None) == ok, error
     if not ok:
         assert error.startswith(f"{field}:")

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from siot.nodes.config import try_decode_config
 from siot.nodes.notify import MsgServiceConfig, Notification
 from siot.nodes.rules import (
     ConditionConfig,
@@ -18,7 +19,6 @@ from siot.nodes.rules import (
     Schedule,
     build_rule,
     compare,
-    decode,
 )
 from siot.nodes.rules.conditions import Anomaly, make_evaluator
 from siot.nodes.rules.config import ValueType
@@ -34,7 +34,7 @@ def local_ns(text: str, tz: str) -> int:
 
 
 def condition(**fields: object) -> ConditionConfig:
-    config, error = decode(ConditionConfig, [Point(k, v) for k, v in fields.items()])
+    config, error = try_decode_config(ConditionConfig, [Point(k, v) for k, v in fields.items()])
     assert config is not None, error
     return config
 
@@ -96,7 +96,7 @@ def test_bad_condition_config_is_a_message_not_an_exception(points: dict[str, ob
             flat += [Point(name, v, key=k) for k, v in value.items()]
         else:
             flat.append(Point(name, value))
-    config, error = decode(ConditionConfig, flat)
+    config, error = try_decode_config(ConditionConfig, flat)
     assert config is None
     assert message in error
 
@@ -130,7 +130,7 @@ def test_schedule_fall_back_night_is_nine_hours() -> None:
 
 def test_midnight_spanning_window_belongs_to_its_start_day() -> None:
     """Friday only, 22:00-02:00: active Friday night until Saturday 02:00, not Thursday night."""
-    config, _ = decode(
+    config, _ = try_decode_config(
         ConditionConfig,
         [
             Point("conditionType", "schedule"),
@@ -152,7 +152,7 @@ def test_midnight_spanning_window_belongs_to_its_start_day() -> None:
 
 
 def test_schedule_dates_and_whole_day() -> None:
-    config, _ = decode(
+    config, _ = try_decode_config(
         ConditionConfig,
         [
             Point("conditionType", "schedule"),
@@ -394,9 +394,10 @@ def test_notification_text_names_device_and_value() -> None:
 
 
 def test_msg_service_config_errors() -> None:
-    _, error = decode(MsgServiceConfig, [Point("service", "webhook"), Point("url", "ftp://x")])
+    _, error = try_decode_config(MsgServiceConfig, [Point("service", "webhook"), Point("url", "ftp://x")])
     assert "must start with http://" in error
-    _, error = decode(MsgServiceConfig, [Point("service", "smtp")])
+    _, error = try_decode_config(MsgServiceConfig, [Point("service", "smtp")])
     assert "needs host and from" in error
-    config, _ = decode(MsgServiceConfig, [Point("service", "smtp"), Point("host", "h"), Point("from", "a@b")])
+    smtp = [Point("service", "smtp"), Point("host", "h"), Point("from", "a@b")]
+    config, _ = try_decode_config(MsgServiceConfig, smtp)
     assert config is not None and config.sender == "a@b"

@@ -3,13 +3,12 @@ UTC day under `<data>/archive/`, with a retention in days."""
 
 from __future__ import annotations
 
-from siot.app import register_node_client
 from siot.nodes.archive.runner import ARCHIVE_NODE_TYPE, ArchiveConfig, ArchiveRunner
 from siot.nodes.archive.writer import ArchiveWriter, encode_payload, subject_dir
 from siot.nodes.manager import managed
 
 # Runs an `ArchiveRunner` for every live `archive` node.
-archive_client = register_node_client(managed(ARCHIVE_NODE_TYPE, ArchiveConfig, ArchiveRunner))
+archive_client = managed(ARCHIVE_NODE_TYPE, ArchiveConfig, ArchiveRunner)
 
 
 __all__ = [

@@ -10,11 +10,11 @@ from pathlib import Path
 from nats.aio.msg import Msg
 from pydantic import Field
 
-from siot.app import AppContext
 from siot.client import Change
 from siot.nodes.archive.writer import ArchiveWriter
 from siot.nodes.config import Bounded
 from siot.nodes.listener import Listener, ListenerConfig, ListenerState
+from siot.runtime import AppContext
 
 logger = logging.getLogger(__name__)
 

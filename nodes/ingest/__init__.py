@@ -6,15 +6,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from siot.app import AppContext, register_node_client
 from siot.nodes.ingest.config import INGEST_NODE_TYPE, IngestConfig, TimeUnit
 from siot.nodes.ingest.mapping import Mapped, map_message, parse_time_ns
 from siot.nodes.ingest.runner import IngestRunner, IngestStats
 from siot.nodes.manager import NodeManager
 from siot.nodes.topics import subject_to_levels, topic_filter_to_subjects
+from siot.runtime import AppContext
 
 
-@register_node_client
 @contextlib.asynccontextmanager
 async def ingest_client(ctx: AppContext) -> AsyncIterator[NodeManager[IngestConfig]]:
     """Runs an `IngestRunner` for every live `ingest` node; their counters together are field

@@ -41,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from siot.app import AppContext
+from siot.runtime import AppContext
 
 logger = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
-from siot.api import LogBudget
-from siot.app import AppContext
 from siot.client import Change
 from siot.codec import encode
-from siot.errors import InvalidInput, RequestFailed, SiotError
+from siot.errors import InvalidInput, SiotError, StoreBusy, StoreError
+from siot.logbudget import LogBudget
 from siot.nodes.ingest.config import IngestConfig
 from siot.nodes.ingest.durable import MQTT_SUBJECT_PREFIX, DurableIntake, held_by_broker, stored_ns
 from siot.nodes.ingest.mapping import Mapped, map_message
 from siot.nodes.listener import Listener
 from siot.points import Point
+from siot.runtime import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ WARNING_INTERVAL_S = 10.0
 MAX_HELD_BATCHES = 4
 MAX_GROUP_POINTS = 2_000  # points of one device in one request (the API takes up to 10,000)
 RETRY_DELAY_S = 1.0
-# Error replies that say the store could not take the write now (not that the input is wrong): a
-# held message that gets one is delivered again after RETRY_DELAY_S instead of acked.
-RETRYABLE_REPLIES = ("no reply on", "no siot instance answers", "commit failed", "store is closing")
 
 
 def retryable(exc: SiotError) -> bool:
-    return isinstance(exc, RequestFailed) and str(exc).startswith(RETRYABLE_REPLIES)
+    """The store could not take the write now (full queue, failed commit, closing), which says
+    nothing against the input: a held message that gets this is delivered again after
+    RETRY_DELAY_S instead of acked."""
+    return isinstance(exc, StoreBusy | StoreError)
 
 
 class DeletedDevice(InvalidInput):

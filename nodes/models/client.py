@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from siot.app import AppContext, register_node_client
 from siot.errors import InvalidInput, InvalidPoint
 from siot.nodes.models.cache import ModelCache
 from siot.nodes.models.rules import Model
 from siot.points import Point
+from siot.runtime import AppContext
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ class ModelValidation:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-@register_node_client
 @contextlib.asynccontextmanager
 async def model_client(ctx: AppContext) -> AsyncIterator[ModelValidation]:
     """Load every model, follow commits, and validate each batch sent to a device with a model."""
@@ -69,7 +68,7 @@ async def model_client(ctx: AppContext) -> AsyncIterator[ModelValidation]:
     remove_listener = ctx.store.add_commit_listener(validation.cache.on_commit)
     try:
         await validation.cache.load()
-        remove_validator = ctx.api.add_validator(validation.cache.validate)
+        remove_validator = ctx.write_path.add_validator(validation.cache.validate)
         try:
             yield validation
         finally:

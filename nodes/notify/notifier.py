@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from siot.client import Client, NodeInfo
+from siot.client import BaseClient, NodeInfo
+from siot.nodes.config import try_decode_config
 from siot.nodes.notify.config import MsgServiceConfig, UserConfig
 from siot.nodes.notify.deliver import DeliveryResult, deliver
 from siot.nodes.notify.message import Notification
 from siot.nodes.notify.transports import DeliveryFailed
-from siot.nodes.rules.config import decode
 from siot.points import Point
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ USER = "user"
 NOTIFICATION = "notification"
 
 
-async def find_upward(client: Client, node: str, node_type: str) -> list[NodeInfo]:
+async def find_upward(client: BaseClient, node: str, node_type: str) -> list[NodeInfo]:
     """Nodes of `node_type` that are children of any ancestor of `node`, nearest first, each once."""
     found: dict[str, NodeInfo] = {}
     seen = {node}
@@ -46,7 +46,7 @@ async def find_upward(client: Client, node: str, node_type: str) -> list[NodeInf
 class Notifier:
     """Sends notifications for the rules manager, on its client."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: BaseClient) -> None:
         self.client = client
 
     async def send(
@@ -63,13 +63,13 @@ class Notifier:
             services = await find_upward(self.client, rule, MSG_SERVICE)
         recipients = []
         for user in await find_upward(self.client, rule, USER):
-            config, _ = decode(UserConfig, user.points)
+            config, _ = try_decode_config(UserConfig, user.points)
             if config is not None and config.email:
                 recipients.append(config.email)
         jobs = []
         config_errors = []
         for service in services:
-            config, error = decode(MsgServiceConfig, service.points)
+            config, error = try_decode_config(MsgServiceConfig, service.points)
             if config is None:
                 config_errors.append(f"msgService {service.id}: {error}")
             elif not config.disabled:

@@ -7,7 +7,7 @@ The package exports the pure engine. The node client lives in `siot.nodes.rules.
 from siot.nodes.rules.build import NodePoints, build_rule
 from siot.nodes.rules.clock import Clock, ManualClock, SystemClock
 from siot.nodes.rules.conditions import RollingStats, compare
-from siot.nodes.rules.config import ActionConfig, ConditionConfig, RuleConfig, decode
+from siot.nodes.rules.config import ActionConfig, ConditionConfig, RuleConfig
 from siot.nodes.rules.rule import ActionRun, Outcome, RuleRuntime
 from siot.nodes.rules.schedule import Schedule
 
@@ -26,5 +26,4 @@ __all__ = [
     "SystemClock",
     "build_rule",
     "compare",
-    "decode",
 ]

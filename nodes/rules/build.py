@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from siot.nodes.config import point_fields, try_decode_config
 from siot.nodes.rules.conditions import Watch, make_evaluator
-from siot.nodes.rules.config import ActionConfig, ConditionConfig, RuleConfig, decode, point_fields
+from siot.nodes.rules.config import ActionConfig, ConditionConfig, RuleConfig
 from siot.nodes.rules.rule import (
     ACTIVE,
     ACTIVE_CHANGED,
@@ -57,15 +58,15 @@ def build_rule(
     config); an action with a bad config is dropped.
     """
     errors: dict[str, str] = {}
-    rule_config, errors[rule.id] = decode(RuleConfig, rule.points)
-    state = point_fields(rule.points)
+    rule_config, errors[rule.id] = try_decode_config(RuleConfig, rule.points)
+    state = point_fields(rule.points, keyed=(LAST_RUN,))
     last_runs = state.get(LAST_RUN, {})
     conditions: list[ConditionRuntime] = []
     actions: list[ActionRuntime] = []
     for child in sorted(children, key=lambda c: c.id):
         fields = point_fields(child.points)
         if child.type == CONDITION:
-            config, errors[child.id] = decode(ConditionConfig, child.points)
+            config, errors[child.id] = try_decode_config(ConditionConfig, child.points)
             evaluator = watch = None
             if config is not None:
                 try:
@@ -83,7 +84,7 @@ def build_rule(
                 )
             )
         elif child.type in (ACTION, ACTION_INACTIVE):
-            action_config, errors[child.id] = decode(ActionConfig, child.points)
+            action_config, errors[child.id] = try_decode_config(ActionConfig, child.points)
             if action_config is not None:
                 actions.append(
                     ActionRuntime(

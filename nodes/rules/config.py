@@ -2,7 +2,8 @@
 
 Why pydantic here and nowhere on the hot path: configs change rarely, and a validator is the one
 place where a bad operator, time zone or clock time is turned into a clear message. The manager
-writes that message as an `error` point on the node instead of crashing (see `decode`).
+writes that message as an `error` point on the node instead of crashing
+(`siot.nodes.config.decode_config`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ from __future__ import annotations
 import math
 from datetime import date, time
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from siot.nodes.config import MAX_DURATION_S, MIN_INTERVAL_S, Duration, NodeConfig
-from siot.points import DEFAULT_KEY, Point
-
-# Point types that carry one value per key (e.g. `weekday` key "1" = Monday, a rule's `lastRun`
-# key = action id); all others are read from key "0".
-KEYED_POINTS = frozenset(("weekday", "date", "to", "header", "lastRun"))
+from siot.points import DEFAULT_KEY
 
 
 class ConditionType(StrEnum):
@@ -198,39 +195,3 @@ class ActionConfig(_NodeConfig):
         if self.action is ActionType.SET_VALUE and not self.point_type:
             raise ValueError("a setValue action needs a pointType")
         return self
-
-
-def point_fields(points: list[Point]) -> dict[str, Any]:
-    """Fold a node's points into a field map: keyed types become {key: value}, others take key "0".
-
-    Deleted points are skipped, so tombstoning a point restores the field's default.
-    """
-    fields: dict[str, Any] = {}
-    for p in points:
-        if p.deleted:
-            continue
-        if p.type in KEYED_POINTS:
-            fields.setdefault(p.type, {})[p.key] = p.value
-        elif p.key == DEFAULT_KEY:
-            fields[p.type] = p.value
-    return fields
-
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def decode(model: type[ModelT], points: list[Point]) -> tuple[ModelT | None, str]:
-    """Decode points into `model`. Returns (config, "") or (None, message) — never raises, because a
-    bad config must become an `error` point on its node, not a crash of the manager."""
-    try:
-        return model.model_validate(point_fields(points)), ""
-    except ValidationError as exc:
-        return None, "; ".join(_describe(err) for err in exc.errors())
-    except Exception as exc:  # a validator that raised something else: still this node's problem
-        return None, f"invalid config: {type(exc).__name__}: {exc}"
-
-
-def _describe(err: Any) -> str:
-    where = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__")
-    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
