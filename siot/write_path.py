@@ -19,7 +19,7 @@ from siot import subjects
 from siot.codec import DEFAULT_MAX_BATCH_POINTS, check_batch_size
 from siot.errors import InvalidInput, StoreBusy
 from siot.logbudget import LogBudget
-from siot.points import Point, point_from_map
+from siot.points import Point, checked_point
 from siot.store import Store
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class WritePath:
         try:
             self.check_target(node, parent)
             check_batch_size(len(points), self.max_batch_points)
-            checked = [point_from_map(p.to_wire(), index) for index, p in enumerate(points)]
+            checked = [checked_point(p, index) for index, p in enumerate(points)]
             return self.submit(node, checked, parent=parent)
         except InvalidInput as exc:
             self.refused(node, exc)
