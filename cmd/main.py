@@ -11,6 +11,7 @@ import logging
 import click
 
 from siot.cmd.bench import bench
+from siot.cmd.bench_floods import bench_floods
 from siot.cmd.bench_mqtt import bench_mqtt
 from siot.cmd.bench_rules import bench_rules
 from siot.cmd.bench_sync import bench_sync
@@ -56,6 +57,7 @@ cli.add_command(serve)
 cli.add_command(sync)
 cli.add_command(sim)
 cli.add_command(bench)
+bench.add_command(bench_floods)
 bench.add_command(bench_mqtt)
 bench.add_command(bench_rules)
 bench.add_command(bench_sync)
