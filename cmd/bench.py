@@ -166,13 +166,14 @@ async def connect_when_ready(instance: Instance, token: str) -> Client:
         await asyncio.sleep(0.1)
 
 
-def rss_mb(pid: int | None) -> float | None:
-    """Resident set size of a process in MB (Linux /proc), None when unknown."""
+def rss_mb(pid: int | None, field: str = "VmRSS") -> float | None:
+    """Resident set size of a process in MB (Linux /proc), None when unknown. `field="VmHWM"`
+    gives its peak over the process's life instead (`siot bench floods`)."""
     if pid is None:
         return None
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
