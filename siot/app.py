@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.errors import SlowConsumerError
 
 from siot import nats_client
@@ -142,24 +143,18 @@ class App:
             )
             self.broker = await self._stack.enter_async_context(Broker(broker_cfg))
             url = broker_cfg.url
-        nc = await nats_client.connect(
-            url,
-            name="siot-daemon",
-            token=cfg.auth_token or None,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            pending_size=64 * 1024 * 1024,
-            error_cb=_log_nats_error,
-            disconnected_cb=_log_disconnected,
-            reconnected_cb=_log_reconnected,
-        )
+        nc = await _connect(url, "siot-daemon", cfg.auth_token)
         self._stack.push_async_callback(wait_closed, nc)
+        # The fan-out's own connection: a big fan-out must not queue the API's acks behind it.
+        fanout_nc = await _connect(url, "siot-fanout", cfg.auth_token)
+        self._stack.push_async_callback(wait_closed, fanout_nc)
         self.store = await self._stack.enter_async_context(store)
         write_path = WritePath(self.store)
         bus = ChangeBus()
-        # The API's commit listener (acks) goes in before the fan-out's: an ack leads its changes.
+        # The API's commit listener (acks) runs before the fan-out's (in-process watchers, then
+        # the fan-out connection's queue), so a write is acknowledged before it is fanned out.
         self.api = await self._stack.enter_async_context(Api(nc, write_path))
-        await self._stack.enter_async_context(Fanout(nc, self.store, bus))
+        await self._stack.enter_async_context(Fanout(fanout_nc, self.store, bus))
         self.context = AppContext(
             config=cfg,
             store=self.store,
@@ -185,6 +180,20 @@ class App:
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
+
+
+async def _connect(url: str, name: str, token: str) -> NATS:
+    return await nats_client.connect(
+        url,
+        name=name,
+        token=token or None,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        pending_size=64 * 1024 * 1024,
+        error_cb=_log_nats_error,
+        disconnected_cb=_log_disconnected,
+        reconnected_cb=_log_reconnected,
+    )
 
 
 _slow_consumer_log = LogBudget(burst=1, interval_s=10.0)

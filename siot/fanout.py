@@ -3,13 +3,19 @@ each of its ancestors and the virtual root — on NATS as `up.<ancestor>.<node>[
 observers outside the process, and on the in-process `ChangeBus` for the daemon's node clients
 (DESIGN §1), which get the same changes as objects, without encoding or decoding them.
 
-It is a store commit listener registered after the API's, so a write's acknowledgement is handed
-to the connection before its fan-out.
+In-process watchers are called in the commit listener itself, in commit order. The NATS
+messages go out from a task of their own, on a connection of their own: a big fan-out (a 5 MB
+point under 1,000 parents is 5 GB through the socket) then holds up neither the next commit nor
+the acknowledgements, which the API sends on the daemon's main connection. What waits to be
+sent is bounded (`MAX_BACKLOG_BYTES` of encoded payloads, each sent to all its subjects): past
+it the commit listener waits, which holds the store's commits back rather than memory growing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import msgpack
@@ -25,18 +31,32 @@ logger = logging.getLogger(__name__)
 
 # Room left in a message for the protocol line and headers.
 ENVELOPE_BYTES = 1024
+# Encoded fan-out payloads waiting for the sender task, at most (each goes to every subject of
+# its change; the payload is held once).
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+
+# One change's messages: the subjects and the payloads each of them gets.
+Outgoing = tuple[list[str], list[bytes]]
 
 
 class Fanout:
-    """`async with Fanout(nc, store, bus):` fans out every commit until left."""
+    """`async with Fanout(nc, store, bus):` fans out every commit until left; leaving sends
+    what is still waiting first. `nc` is the fan-out's own connection."""
 
     def __init__(self, nc: NATS, store: Store, bus: ChangeBus) -> None:
         self.nc = nc
         self.store = store
         self.bus = bus
         self._remove_listener: Callable[[], None] | None = None
+        self._backlog: deque[Outgoing] = deque()
+        self._backlog_bytes = 0
+        self._queued = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._sender: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Fanout:
+        self._sender = asyncio.create_task(self._send_forever(), name="fanout sender")
         self._remove_listener = self.store.add_commit_listener(self.on_commit)
         return self
 
@@ -44,6 +64,15 @@ class Fanout:
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
+        if self._sender is not None:
+            self._backlog.append(([], []))  # the end: everything before it is sent first
+            self._queued.set()
+            await asyncio.gather(self._sender, return_exceptions=True)
+            self._sender = None
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog_bytes
 
     async def on_commit(self, writes: list[Write]) -> None:
         """One message per (node or edge, ancestor) for the whole group: the points of every write
@@ -61,16 +90,40 @@ class Fanout:
         if not changed:
             return
         tree = self.store.tree
-        publish = self.nc.publish
+        limit = self.nc.max_payload - ENVELOPE_BYTES
         for (node, parent), points in changed.items():
             targets = {node, ROOT_PARENT} | tree.ancestors(node)
             if parent:
                 targets.add(parent)
                 targets |= tree.ancestors(parent)
             self.bus.publish(targets, Change(node, parent or None, points))
-            for payload in payloads(node, points, self.nc.max_payload - ENVELOPE_BYTES):
-                for ancestor in targets:
-                    await publish(subjects.up(ancestor, node, parent or None), payload)
+            messages = payloads(node, points, limit)
+            self._backlog.append(([subjects.up(a, node, parent or None) for a in targets], messages))
+            self._backlog_bytes += sum(map(len, messages))
+        self._queued.set()
+        if self._backlog_bytes > MAX_BACKLOG_BYTES:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _send_forever(self) -> None:
+        """Publish the backlog in order, until the end marker `__aexit__` queues."""
+        publish = self.nc.publish
+        while True:
+            if not self._backlog:
+                self._queued.clear()
+                await self._queued.wait()
+            subject_list, messages = self._backlog.popleft()
+            if not subject_list:
+                return
+            try:
+                for payload in messages:
+                    for subject in subject_list:
+                        await publish(subject, payload)
+            except Exception:
+                logger.exception("fanout: could not publish the changes on %s", subject_list[0])
+            self._backlog_bytes -= sum(map(len, messages))
+            if self._backlog_bytes <= MAX_BACKLOG_BYTES:
+                self._room.set()
 
 
 def payloads(node: str, points: list[Point], limit: int) -> list[bytes]:
