@@ -39,7 +39,7 @@ from siot.cmd.common import dumps
 from siot.codec import encode
 from siot.points import Point, encode_value
 from siot.store.schema import migrate
-from siot.store.writer import LOG_INSERT, NODE_UPSERT, connect
+from siot.store.writer import LOG_INSERT, NODE_UPSERT, LogIds, connect
 
 TARGET_BATCH_POINTS_S = 50_000
 TARGET_SINGLE_POINTS_S = 25_000
@@ -326,17 +326,21 @@ def raw_sqlite(rows: list[tuple[Any, ...]]) -> tuple[float, float]:
         db = connect(str(path), "NORMAL")
         try:
             migrate(db)
+            ids = LogIds()
+            cursor = db.cursor()
             start = time.perf_counter()
             for first in range(0, len(rows), SQLITE_ROWS_PER_TXN):
                 chunk = rows[first : first + SQLITE_ROWS_PER_TXN]
+                db.execute("BEGIN IMMEDIATE")
+                # Local points with origin and via '': the row's ids are the series' alone.
                 log = [
-                    (first + i + 1, n, "", t, k, tm, v, 0, "", "raw", first + i + 1, "")
+                    (first + i + 1, ids.series_id(cursor, (n, "", t, k)), tm, v, 0, 0, None, None, 0)
                     for i, (n, t, k, tm, v, _, _) in enumerate(chunk)
                 ]
-                db.execute("BEGIN IMMEDIATE")
                 db.executemany(NODE_UPSERT, chunk)
                 db.executemany(LOG_INSERT, log)
                 db.execute("COMMIT")
+                ids.keep_new()
             rows_s = len(rows) / (time.perf_counter() - start)
         finally:
             db.close()
