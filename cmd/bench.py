@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,17 +33,19 @@ from nats.aio.msg import Msg
 
 from siot import subjects
 from siot.api import OK_REPLY
+from siot.app import DB_FILE
 from siot.client import Client
 from siot.cmd.common import dumps
 from siot.codec import encode
 from siot.points import Point, encode_value
 from siot.store.schema import migrate
-from siot.store.writer import LOG_INSERT, NODE_UPSERT, connect
+from siot.store.writer import LOG_INSERT, NODE_UPSERT, LogIds, connect
 
 TARGET_BATCH_POINTS_S = 50_000
 TARGET_SINGLE_POINTS_S = 25_000
 TARGET_RATE_P99_MS = 10.0
 TARGET_IDLE_RSS_MB = 50.0
+TARGET_BYTES_PER_POINT = 64
 DEFAULT_POINTS = 200_000
 DEFAULT_BATCH = 100
 DEFAULT_BATCH_IN_FLIGHT = 16
@@ -86,6 +89,7 @@ class Instance:
     pid: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    db_path: Path | None = None  # its SQLite file, when we started it
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -105,7 +109,7 @@ def serve_process(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:
-        yield Instance(f"nats://127.0.0.1:{port}", proc.pid, proc, log_path)
+        yield Instance(f"nats://127.0.0.1:{port}", proc.pid, proc, log_path, workdir / name / DB_FILE)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -310,26 +314,50 @@ async def raw_publish_msgs_s(nc: NATS, payload: bytes, count: int) -> float:
 
 
 def raw_sqlite_rows_s(rows: list[tuple[Any, ...]]) -> float:
+    """Rows/s of `raw_sqlite` (the figure other benchmarks print beside theirs)."""
+    return raw_sqlite(rows)[0]
+
+
+def raw_sqlite(rows: list[tuple[Any, ...]]) -> tuple[float, float]:
     """`executemany` of the same rows into siot's schema in a scratch file: the point upsert and
-    the point-log insert, SQLITE_ROWS_PER_TXN rows per transaction, as the store must write them."""
+    the point-log insert, SQLITE_ROWS_PER_TXN rows per transaction, as the store must write them.
+    Returns rows/s and the file's SQLite bytes per logged row."""
     with tempfile.TemporaryDirectory(prefix="siot-bench-sqlite-") as tmp:
-        db = connect(str(Path(tmp) / "raw.db"), "NORMAL")
+        path = Path(tmp) / "raw.db"
+        db = connect(str(path), "NORMAL")
         try:
             migrate(db)
+            ids = LogIds()
+            cursor = db.cursor()
             start = time.perf_counter()
             for first in range(0, len(rows), SQLITE_ROWS_PER_TXN):
                 chunk = rows[first : first + SQLITE_ROWS_PER_TXN]
+                db.execute("BEGIN IMMEDIATE")
+                # Local points with origin and via '': the row's ids are the series' alone.
                 log = [
-                    (first + i + 1, n, "", t, k, tm, v, 0, "", "raw", first + i + 1, "")
+                    (first + i + 1, ids.series_id(cursor, (n, "", t, k)), tm, v, 0, 0, None, None, 0)
                     for i, (n, t, k, tm, v, _, _) in enumerate(chunk)
                 ]
-                db.execute("BEGIN IMMEDIATE")
                 db.executemany(NODE_UPSERT, chunk)
                 db.executemany(LOG_INSERT, log)
                 db.execute("COMMIT")
-            return len(rows) / (time.perf_counter() - start)
+                ids.keep_new()
+            rows_s = len(rows) / (time.perf_counter() - start)
         finally:
             db.close()
+        return rows_s, sqlite_bytes_per_logged_point(path)
+
+
+def sqlite_bytes_per_logged_point(path: Path) -> float:
+    """The database's size after a TRUNCATE checkpoint (the WAL folded in), tables and indexes,
+    per row of the point log: what keeping a logged point costs on disk. Pages are counted, not
+    the file measured, so a checkpoint held back by a reader cannot leave rows uncounted."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        (rows,) = db.execute("SELECT COUNT(*) FROM point_log").fetchone()
+    return pages * page_size / rows if rows else float("nan")
 
 
 # ---- the command ----
@@ -346,6 +374,7 @@ class Phase:
     sent: int
     raw_publish_points_s: float | None = None
     raw_sqlite_rows_s: float | None = None
+    raw_sqlite_bytes_per_point: float | None = None
 
 
 async def ingest_main(
@@ -397,7 +426,9 @@ async def ingest_main(
         phase.raw_publish_points_s = (
             await raw_publish_msgs_s(nc, batched.messages[0][1], len(batched.messages)) * batch
         )
-        phase.raw_sqlite_rows_s = await asyncio.to_thread(raw_sqlite_rows_s, batched.rows)
+        phase.raw_sqlite_rows_s, phase.raw_sqlite_bytes_per_point = await asyncio.to_thread(
+            raw_sqlite, batched.rows
+        )
         report["phases"].append(asdict(phase))
 
         single = make_workload(nodes, points, 1)
@@ -405,7 +436,9 @@ async def ingest_main(
             f"(b) 1 point/message, {in_flight} in flight", single, lambda w: run_window(nc, w, in_flight)
         )
         phase.raw_publish_points_s = await raw_publish_msgs_s(nc, single.messages[0][1], len(single.messages))
-        phase.raw_sqlite_rows_s = await asyncio.to_thread(raw_sqlite_rows_s, single.rows)
+        phase.raw_sqlite_rows_s, phase.raw_sqlite_bytes_per_point = await asyncio.to_thread(
+            raw_sqlite, single.rows
+        )
         report["phases"].append(asdict(phase))
 
         paced = make_workload(nodes, int(rate * rate_seconds), 1)
@@ -415,6 +448,10 @@ async def ingest_main(
         report["phases"].append(asdict(phase))
 
         report["loaded_rss_mb"] = rss_mb(instance.pid)
+        db_path = instance.db_path
+        report["sqlite_bytes_per_point"] = (
+            await asyncio.to_thread(sqlite_bytes_per_logged_point, db_path) if db_path else None
+        )
         await client.delete_node(parent, client.root_id)
         return report
     finally:
@@ -445,8 +482,16 @@ def print_report(report: dict[str, Any]) -> None:
         if phase["raw_publish_points_s"] is not None:
             click.echo(
                 f"  raw limits      nats-py publish {phase['raw_publish_points_s']:,.0f} points/s; "
-                f"SQLite executemany {phase['raw_sqlite_rows_s']:,.0f} rows/s"
+                f"SQLite executemany {phase['raw_sqlite_rows_s']:,.0f} rows/s, "
+                f"{phase['raw_sqlite_bytes_per_point']:.1f} bytes/row"
             )
+    per_point = report["sqlite_bytes_per_point"]
+    if per_point is not None:
+        ok = verdict(per_point <= TARGET_BYTES_PER_POINT)
+        click.echo(
+            f"\nSQLite bytes per logged point   {per_point:.1f}   target <= {TARGET_BYTES_PER_POINT}: {ok}"
+            "   (database file after the runs, checkpointed, / log rows)"
+        )
     idle = report["idle_rss_mb"]
     if idle is None:
         click.echo("\nidle RSS        unknown (pass --pid of the siot serve process)")

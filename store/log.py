@@ -40,9 +40,12 @@ async def log_window(
 
 async def log_backlog(store: Store, after_seq: int, exclude_via: str = "", skip_parent: str = "") -> int:
     """How many log rows after `after_seq` a peer has not acknowledged (not counting rows that
-    came from it, nor edge rows under `skip_parent`)."""
+    came from it, nor edge rows under `skip_parent`). Counted on the log's ids, not through the
+    `point_log` view: SQLite does not drop the view's unused name lookups from a COUNT. A peer
+    not in `names` has delivered nothing, and `IS NOT NULL` then excludes no row."""
     rows = await store.fetch(
-        "SELECT COUNT(*) FROM point_log WHERE seq > ? AND via != ? AND parent != ?",
+        "SELECT COUNT(*) FROM log_entries l JOIN series s ON s.id = l.series WHERE l.seq > ? "
+        "AND l.via IS NOT (SELECT id FROM names WHERE name = ?) AND s.parent != ?",
         (after_seq, exclude_via, skip_parent or "\x00"),
     )
     return int(rows[0][0])

@@ -40,7 +40,7 @@ from siot.store.connection import WriteConnection
 from siot.store.files import check_database_file
 from siot.store.schema import migrate
 from siot.store.tree import NODE_TYPE, ROOT_PARENT, TOMBSTONE, EdgeState, Tree
-from siot.store.writer import Bookkeeping, WriteRows, apply_writes, is_busy, unpack_value
+from siot.store.writer import Bookkeeping, LogIds, WriteRows, apply_writes, is_busy, unpack_value
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class Store:
         self.tree = Tree()
         self.instance_id = ""
         self._writer = WriteConnection()
+        self._log_ids = LogIds()  # used on the write connection only
         self._reader: aiosqlite.Connection | None = None
         # A deque and a wake-up event rather than asyncio.Queue: put/get on the hot path cost a
         # fraction, and the commit loop takes everything queued at once anyway.
@@ -244,7 +245,7 @@ class Store:
         for (parent, node), state in edges.items():
             tree.set_edge(parent, node, state)
         self.tree = tree  # swapped whole: a reload never shows readers a half-built tree
-        async with self._reader.execute("SELECT COALESCE(MAX(seq), 0) FROM point_log") as cur:
+        async with self._reader.execute("SELECT COALESCE(MAX(seq), 0) FROM log_entries") as cur:
             (last,) = await cur.fetchone()  # type: ignore[misc]
         self._next_seq = last + 1
         logger.info(
@@ -448,7 +449,7 @@ class Store:
         INLINE_COMMIT_MAX_POINTS) without waiting for SQLite's lock, so an outside connection
         holding it can never block the event loop; then, and for large groups, it runs on the
         writer thread, which waits up to `busy_wait_s` for the lock."""
-        args = (rows, self.instance_id, self._next_seq, bookkeeping)
+        args = (rows, self.instance_id, self._log_ids, self._next_seq, bookkeeping)
         if sum(len(r.points) for r in rows) <= INLINE_COMMIT_MAX_POINTS:
             try:
                 return await self._writer.run(apply_writes, *args, 0.0, inline=True)
@@ -478,15 +479,15 @@ class Store:
 
         def prune(db: sqlite3.Connection) -> int:
             row = db.execute(
-                "SELECT seq FROM point_log WHERE time >= ? AND seq >= ? ORDER BY seq LIMIT 1",
+                "SELECT seq FROM log_entries WHERE time >= ? AND seq >= ? ORDER BY seq LIMIT 1",
                 (cutoff_ns, min_seq),
             ).fetchone()
             keep_from = row[0] if row else self._next_seq
             removed = 0
             while True:
                 cur = db.execute(
-                    "DELETE FROM point_log WHERE seq IN "
-                    "(SELECT seq FROM point_log WHERE seq < ? ORDER BY seq LIMIT ?)",
+                    "DELETE FROM log_entries WHERE seq IN "
+                    "(SELECT seq FROM log_entries WHERE seq < ? ORDER BY seq LIMIT ?)",
                     (keep_from, PRUNE_CHUNK_ROWS),
                 )
                 removed += cur.rowcount

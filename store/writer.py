@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -37,9 +38,8 @@ WHERE (excluded.time, excluded.origin, excluded.value, excluded.tombstone)
 """
 
 LOG_INSERT = """
-INSERT INTO point_log
-    (seq, node, parent, type, key, time, value, tombstone, origin, instance, instance_seq, via)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO log_entries (seq, series, time, value, tombstone, origin, instance, instance_seq, via)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -61,6 +61,64 @@ class WriteRows:
     # Where each point was first accepted (sync passes the peer's); None = here, now.
     provenance: list[tuple[str, int]] | None = None
     changed: list[Point] = field(default_factory=list)  # the points that won the merge
+
+
+SeriesKey = tuple[str, str, str, str]  # node, parent, type, key
+
+
+class LogIds:
+    """The integer ids the log stores in place of its strings (store/schema.py m003), cached so
+    that logging a point costs no query unless its series or origin is new.
+
+    An id taken in a transaction that rolls back is gone from the file, so `forget_new` drops it
+    from the cache too; `keep_new` marks the ids of a committed transaction as safe."""
+
+    def __init__(self) -> None:
+        self.series: dict[SeriesKey, int] = {}
+        self.names: dict[str, int] = {"": 0}  # '' is id 0 in every database (m003)
+        self._new: list[tuple[dict[Any, int], Any]] = []
+
+    def series_id(self, cursor: sqlite3.Cursor, key: SeriesKey) -> int:
+        found = self.series.get(key)
+        if found is None:
+            found = self._intern(cursor, self.series, key, SERIES_ID, SERIES_INSERT, key)
+        return found
+
+    def name_id(self, cursor: sqlite3.Cursor, name: str) -> int:
+        found = self.names.get(name)
+        if found is None:
+            found = self._intern(cursor, self.names, name, NAME_ID, NAME_INSERT, (name,))
+        return found
+
+    def _intern(
+        self,
+        cursor: sqlite3.Cursor,
+        cache: dict[Any, int],
+        key: Any,
+        select: str,
+        insert: str,
+        params: tuple[str, ...],
+    ) -> int:
+        """The id from the table, inserted if missing (a cold cache after start, or a new one)."""
+        row = cursor.execute(select, params).fetchone()
+        found = int(row[0]) if row else int(cursor.execute(insert, params).lastrowid or 0)
+        cache[key] = found
+        self._new.append((cache, key))
+        return found
+
+    def keep_new(self) -> None:
+        self._new.clear()
+
+    def forget_new(self) -> None:
+        for cache, key in self._new:
+            cache.pop(key, None)
+        self._new.clear()
+
+
+SERIES_ID = "SELECT id FROM series WHERE node = ? AND parent = ? AND type = ? AND key = ?"
+SERIES_INSERT = "INSERT INTO series (node, parent, type, key) VALUES (?, ?, ?, ?)"
+NAME_ID = "SELECT id FROM names WHERE name = ?"
+NAME_INSERT = "INSERT INTO names (name) VALUES (?)"
 
 
 @dataclass(slots=True)
@@ -115,8 +173,7 @@ def begin(db: sqlite3.Connection, wait_s: float) -> None:
 
 # Is this exact point (value and tombstone included) in the log already? Uses the history index.
 LOGGED = """
-SELECT 1 FROM point_log WHERE node = ? AND parent = ? AND type = ? AND key = ? AND time = ?
-    AND value = ? AND tombstone = ? AND origin = ?
+SELECT 1 FROM log_entries WHERE series = ? AND time = ? AND value = ? AND tombstone = ? AND origin = ?
 LIMIT 1
 """
 
@@ -125,6 +182,7 @@ def apply_writes(
     db: sqlite3.Connection,
     writes: list[WriteRows],
     instance: str,
+    ids: LogIds,
     next_seq: int,
     bookkeeping: list[Bookkeeping] = (),  # type: ignore[assignment]
     busy_wait_s: float = 0.0,
@@ -139,6 +197,9 @@ def apply_writes(
 
     On any SQLite error the transaction is rolled back and the error propagates: nothing of the
     group is stored, and the caller fails every write.
+
+    Log rows carry `ids`' integers; provenance that is this instance's own (the common case) is
+    stored as NULL.
     """
     begin(db, busy_wait_s)
     try:
@@ -153,6 +214,7 @@ def apply_writes(
         for write in writes:
             changed = write.changed
             node, parent = write.node, write.parent
+            via = ids.name_id(cursor, write.via)
             for index, p in enumerate(write.points):
                 before = db.total_changes
                 blob = encode_value(p.value)
@@ -160,16 +222,18 @@ def apply_writes(
                     execute(EDGE_UPSERT, (parent, node, p.type, p.key, p.time, blob, p.tombstone, p.origin))
                 else:
                     execute(NODE_UPSERT, (node, p.type, p.key, p.time, blob, p.tombstone, p.origin))
-                identity = (node, parent, p.type, p.key, p.time, blob, p.tombstone, p.origin)
-                if db.total_changes != before:
+                won = db.total_changes != before  # read before interning, which may insert
+                series = ids.series_id(cursor, (node, parent, p.type, p.key))
+                identity = (series, p.time, blob, p.tombstone, ids.name_id(cursor, p.origin))
+                if won:
                     changed.append(p)
                 elif identity in logged_here or execute(LOGGED, identity).fetchone():
                     continue
                 logged_here.add(identity)
                 seq = next_seq
                 next_seq += 1
-                src_instance, src_seq = write.provenance[index] if write.provenance else (instance, seq)
-                log_rows.append((seq, *identity, src_instance, src_seq, write.via))
+                src_instance, src_seq = _provenance(cursor, ids, write, index, instance, seq)
+                log_rows.append((seq, *identity, src_instance, src_seq, via))
         if log_rows:
             cursor.executemany(LOG_INSERT, log_rows)
         for item in bookkeeping:
@@ -177,10 +241,26 @@ def apply_writes(
         db.execute("COMMIT")
     except BaseException:
         rollback(db)
+        ids.forget_new()
         for write in writes:
             write.changed.clear()
         raise
+    ids.keep_new()
     return next_seq
+
+
+def _provenance(
+    cursor: sqlite3.Cursor, ids: LogIds, write: WriteRows, index: int, instance: str, seq: int
+) -> tuple[int | None, int | None]:
+    """The log's (instance, instance_seq) of a point: NULL where it is this instance and this
+    seq, which every locally accepted point is."""
+    if not write.provenance:
+        return None, None
+    src_instance, src_seq = write.provenance[index]
+    return (
+        None if src_instance == instance else ids.name_id(cursor, src_instance),
+        None if src_seq == seq else src_seq,
+    )
 
 
 def rollback(db: sqlite3.Connection) -> None:
