@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 OK_REPLY = encode({"ok": True})
 DEFAULT_HISTORY_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 1_000_000
+HISTORY_READ_CHUNK = 5_000
 # What nats-py may hold for p.> before the callback takes it; past it nats-server's messages are
 # dropped as a slow consumer's (reported by the connection's error callback). The callback only
 # decodes and queues (the store's own queue is bounded), so this fills only when decoding falls
@@ -118,6 +119,12 @@ class Api:
             await self.nc.publish(msg.reply, encode({"error": str(exc)}))
 
     async def _on_points(self, msg: Msg) -> None:
+        if not msg.reply and self.store.full:
+            # Nobody waits for this one and the store would refuse it: drop it before paying
+            # for decoding, so a fire-and-forget flood drains from the subscription fast and
+            # other clients' writes queued behind it are reached sooner.
+            self.write_path.busy(self.store.busy_error(), told=False)
+            return
         tokens = msg.subject.split(".")
         node = tokens[1] if len(tokens) > 1 else ""
         try:
@@ -252,19 +259,28 @@ class Api:
             and all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in after)
         ):
             raise InvalidInput("history field 'after' must be the 'next' [time, seq] of the previous page")
-        rows = await self.store.history_page(
-            node,
-            type=request.get("type"),
-            key=request.get("key"),
-            start=fields["start"] or 0,
-            end=fields["end"] or time.time_ns() + 86_400 * 10**9,
-            limit=limit,
-            after=None if after is None else (after[0], after[1]),
-        )
         page = ReplyPage(self._page_budget())
-        for seq, point in rows:
-            if not page.add(point.to_wire(), [point.time, seq], "one history point", "narrow it by type"):
+        cursor = None if after is None else (after[0], after[1])
+        remaining = limit
+        # Read in chunks until the page is full: a request for a million points reads what fits
+        # one reply (and one chunk more), not a million rows at once.
+        while remaining > 0:
+            rows = await self.store.history_page(
+                node,
+                type=request.get("type"),
+                key=request.get("key"),
+                start=fields["start"] or 0,
+                end=fields["end"] or time.time_ns() + 86_400 * 10**9,
+                limit=min(remaining, HISTORY_READ_CHUNK),
+                after=cursor,
+            )
+            for seq, point in rows:
+                if not page.add(point.to_wire(), [point.time, seq], "one history point", "narrow it by type"):
+                    return page.reply("points")
+            if len(rows) < min(remaining, HISTORY_READ_CHUNK):
                 break
+            remaining -= len(rows)
+            cursor = (rows[-1][1].time, rows[-1][0])
         return page.reply("points")
 
     async def _on_stats(self, msg: Msg) -> None:

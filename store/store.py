@@ -291,14 +291,22 @@ class Store:
         (history), winner or not."""
         if self._closing:
             raise StoreError("store is closing")
-        if self._queued_points >= self.config.max_queued_points and not internal:
-            raise StoreBusy(f"busy: {self._queued_points} points are waiting to be stored; retry in a moment")
+        if self.full and not internal:
+            raise self.busy_error()
         future: asyncio.Future[list[Point]] = asyncio.get_running_loop().create_future()
         rows = WriteRows(node=node, parent=parent, points=points, via=via, provenance=provenance)
         self._queue.append(Write(rows=rows, reply=reply, future=future, internal=internal))
         self._queued_points += len(points)
         self._queued.set()
         return future
+
+    @property
+    def full(self) -> bool:
+        """Whether `submit` refuses writes now (`max_queued_points` are waiting)."""
+        return self._queued_points >= self.config.max_queued_points
+
+    def busy_error(self) -> StoreBusy:
+        return StoreBusy(f"busy: {self._queued_points} points are waiting to be stored; retry in a moment")
 
     def stage(self, sql: str, rows: list[tuple[Any, ...]]) -> asyncio.Future[None]:
         """Run `sql` for each of `rows` in the next group commit's transaction (the store's own
