@@ -78,6 +78,6 @@ def test_bench_mqtt_counts_every_message_committed() -> None:
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["raw_publish_msgs_s"] > 0
+    assert report["raw_publish_msgs_s"] > 0 and report["log_errors"] == 0
     for run in report["runs"]:
         assert run["sent"] == run["committed"] == 100 and run["errors"] == 0
