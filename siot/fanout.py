@@ -34,6 +34,11 @@ ENVELOPE_BYTES = 1024
 # Encoded fan-out payloads waiting for the sender task, at most (each goes to every subject of
 # its change; the payload is held once).
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+# At shutdown, how long the backlog may take to go out (a 5 MB point under 1,000 parents takes
+# seconds) before the rest is dropped: a SIGTERM must not wait for gigabytes to be sent.
+STOP_TIMEOUT_S = 5.0
+# The sender lets other tasks run after handing over this many bytes.
+YIELD_EVERY_BYTES = 1024 * 1024
 
 # One change's messages: the subjects and the payloads each of them gets.
 Outgoing = tuple[list[str], list[bytes]]
@@ -67,6 +72,16 @@ class Fanout:
         if self._sender is not None:
             self._backlog.append(([], []))  # the end: everything before it is sent first
             self._queued.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), STOP_TIMEOUT_S)
+            except TimeoutError:
+                self._sender.cancel()
+                logger.warning(
+                    "fanout: stopped with %d change(s) (%d bytes) not yet published on up.* "
+                    "(they are committed; observers read them back)",
+                    len(self._backlog) - 1,
+                    self._backlog_bytes,
+                )
             await asyncio.gather(self._sender, return_exceptions=True)
             self._sender = None
 
@@ -116,9 +131,17 @@ class Fanout:
             if not subject_list:
                 return
             try:
+                since_yield = 0
                 for payload in messages:
                     for subject in subject_list:
                         await publish(subject, payload)
+                        since_yield += len(payload)
+                        if since_yield >= YIELD_EVERY_BYTES:
+                            # nats-py's publish returns without suspending while its buffer has
+                            # room: without this a 5 GB fan-out would hold the loop (acks, reads)
+                            # for seconds, and a cancel would never land
+                            since_yield = 0
+                            await asyncio.sleep(0)
             except Exception:
                 logger.exception("fanout: could not publish the changes on %s", subject_list[0])
             self._backlog_bytes -= sum(map(len, messages))
