@@ -13,8 +13,10 @@ import logging
 import reprlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,6 +36,7 @@ OK_REPLY = encode({"ok": True})
 DEFAULT_HISTORY_LIMIT = 10_000
 MAX_HISTORY_LIMIT = 1_000_000
 HISTORY_READ_CHUNK = 5_000
+YIELD_EVERY_MESSAGES = 64
 # What nats-py may hold for p.> before the callback takes it; past it nats-server's messages are
 # dropped as a slow consumer's (reported by the connection's error callback). The callback only
 # decodes and queues (the store's own queue is bounded), so this fills only when decoding falls
@@ -77,6 +80,7 @@ class Api:
         # tests can tell "answers requests" from "fully running".
         self.ready = False
         self.accepted_points = 0
+        self._handled = 0  # messages taken from the subscriptions (for `_take_turns`)
         self._reads = FairScheduler(READ_CONCURRENCY, READS_PER_REQUESTER)
         self._subs: list[Subscription] = []
         self._remove_listener: Any = None
@@ -118,7 +122,18 @@ class Api:
         if msg.reply:
             await self.nc.publish(msg.reply, encode({"error": str(exc)}))
 
+    async def _take_turns(self) -> None:
+        """Let other tasks run every YIELD_EVERY_MESSAGES messages. nats-py hands a
+        subscription's queued messages to its callback one after another without giving the
+        loop back while the callback does not suspend, and refusing or queueing one does not:
+        a burst of 50,000 requests on history.* held every other subscription (the writes on
+        p.*, their acks) for over a second."""
+        self._handled += 1
+        if self._handled % YIELD_EVERY_MESSAGES == 0:
+            await asyncio.sleep(0)
+
     async def _on_points(self, msg: Msg) -> None:
+        await self._take_turns()
         if not msg.reply and self.store.full:
             # Nobody waits for this one and the store would refuse it: drop it before paying
             # for decoding, so a fire-and-forget flood drains from the subscription fast and
@@ -174,11 +189,13 @@ class Api:
             await self._reply_error(msg, node, SiotError(f"internal error: {exc}"))
             return
         if msg.reply:
-            await self.nc.publish(msg.reply, encode({"ok": True, **reply}))
+            payload = reply.payload() if isinstance(reply, EncodedPage) else encode({"ok": True, **reply})
+            await self.nc.publish(msg.reply, payload)
 
     async def _read_fairly(self, msg: Msg, node: str, handler: Any) -> None:
         """Queue a read request under its requester (siot/fair.py) instead of serving it in the
         subscription's callback, where it would wait behind every request queued before it."""
+        await self._take_turns()
         if not msg.reply:  # nobody waits for the answer (e.g. published over MQTT): not served
             self.write_path.refused(
                 node, InvalidInput(f"{msg.subject}: a read request needs a reply subject")
@@ -196,7 +213,7 @@ class Api:
     def _page_budget(self) -> int:
         return self.nc.max_payload - REPLY_ENVELOPE_BYTES
 
-    async def _nodes(self, parent: str, node: str, request: dict[str, Any]) -> dict[str, Any]:
+    async def _nodes(self, parent: str, node: str, request: dict[str, Any]) -> EncodedPage:
         """The nodes asked for, in id order, as many as fit in one reply; `next` (an id, passed
         back as `after`) continues the listing when they did not all fit."""
         after = request.get("after")
@@ -232,7 +249,7 @@ class Api:
         node = msg.subject.split(".", 1)[1]
         await self._read_fairly(msg, node, lambda req: self._history(node, req))
 
-    async def _history(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+    async def _history(self, node: str, request: dict[str, Any]) -> EncodedPage:
         if not self.store.tree.has_node(node):
             raise UnknownNode(node)
         fields = {}
@@ -303,13 +320,14 @@ class Api:
 
 
 class ReplyPage:
-    """Items of one reply, up to a byte budget. When an item does not fit, the page is cut and
-    its reply carries `next`: the key of the last item taken, which the requester passes back as
-    `after` to continue."""
+    """Items of one reply, up to a byte budget, each encoded once: the reply is assembled from
+    the encoded items (`EncodedPage`), not encoded again. When an item does not fit, the page is
+    cut and its reply carries `next`: the key of the last item taken, which the requester passes
+    back as `after` to continue."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.items: list[Any] = []
+        self.items: list[bytes] = []
         self.size = 0
         self.last_key: Any = None
         self.cut = False
@@ -317,21 +335,39 @@ class ReplyPage:
     def add(self, item: Any, key: Any, what: str, hint: str) -> bool:
         """Take `item` if it fits; False when the page is full. An item that fits no page at all
         is refused with an error that says what to do instead."""
-        size = len(encode(item))
-        if self.size + size > self.budget:
+        encoded = encode(item)
+        if self.size + len(encoded) > self.budget:
             if not self.items:
                 raise InvalidInput(
-                    f"{what} is {size:,} bytes, over the {self.budget:,}-byte reply limit: {hint}"
+                    f"{what} is {len(encoded):,} bytes, over the {self.budget:,}-byte reply limit: {hint}"
                 )
             self.cut = True
             return False
-        self.items.append(item)
-        self.size += size
+        self.items.append(encoded)
+        self.size += len(encoded)
         self.last_key = key
         return True
 
-    def reply(self, name: str) -> dict[str, Any]:
-        return {name: self.items, "next": self.last_key} if self.cut else {name: self.items}
+    def reply(self, name: str) -> EncodedPage:
+        return EncodedPage(name, self.items, self.last_key if self.cut else None)
+
+
+@dataclass(slots=True)
+class EncodedPage:
+    """A reply `{"ok": true, name: [items], "next": ...}` whose items are msgpack already."""
+
+    name: str
+    items: list[bytes]
+    next: Any = None
+
+    def payload(self) -> bytes:
+        pack = msgpack.Packer(use_bin_type=True).pack
+        header = msgpack.Packer().pack_map_header(2 if self.next is None else 3)
+        parts = [header, pack("ok"), pack(True), pack(self.name)]
+        parts += [msgpack.Packer().pack_array_header(len(self.items)), *self.items]
+        if self.next is not None:
+            parts += [pack("next"), pack(self.next)]
+        return b"".join(parts)
 
 
 async def wait_closed(nc: NATS) -> None:
