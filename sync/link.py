@@ -45,6 +45,8 @@ DEFAULT_IN_FLIGHT = 4
 DEFAULT_POLL_S = 5.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_DIGEST_INTERVAL_S = 600.0
+# A digest check that could not settle (changes kept arriving during it) runs again this soon.
+UNSETTLED_RETRY_S = 2.0
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
 BACKOFF_JITTER = 0.2
@@ -327,8 +329,10 @@ class UpstreamLink:
         if shipped or pulled:
             return
         if time.monotonic() >= self._next_digest:
-            await verify(self)
-            self._next_digest = time.monotonic() + self.config.digest_interval_s
+            wait_s = self.config.digest_interval_s
+            if not await verify(self):
+                wait_s = min(UNSETTLED_RETRY_S, wait_s)
+            self._next_digest = time.monotonic() + wait_s
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.poll_s):
                 await self._wake.wait()

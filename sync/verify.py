@@ -65,9 +65,13 @@ async def differences(link: VerifiedLink) -> tuple[list[str], str]:
     return differ, total_digest(mine)
 
 
-async def verify(link: VerifiedLink) -> None:
-    """Compare digests, repair on mismatch, and record the verdict in the link's status."""
+async def verify(link: VerifiedLink) -> bool:
+    """Compare digests, repair on mismatch, and record the verdict in the link's status. Returns
+    whether it reached one: false when the subtree still differs but this instance's log moved
+    on meanwhile (writes still coming in or synced down), so the difference may be nothing but
+    rows in flight; the link then checks again soon instead of reporting an error."""
     status = link.status
+    seq_at_start = link.store.last_seq
     differ, digest = await differences(link)
     if differ:
         await link.catch_up()
@@ -87,12 +91,20 @@ async def verify(link: VerifiedLink) -> None:
     status.digest = digest
     status.digest_ns = time.time_ns()
     status.digest_ok = not differ
+    if differ and link.store.last_seq != seq_at_start:
+        logger.info(
+            "sync: %d node(s) still differ from %s while changes kept arriving; checking again",
+            len(differ),
+            link.upstream_id,
+        )
+        return False
     if differ:
         message = f"digests still differ on {len(differ)} node(s) after repair (e.g. {differ[0]})"
         status.error(message)
         logger.error("sync: %s", message)
     else:
         logger.info("sync: digest of our subtree matches %s (%s)", link.upstream_id, digest)
+    return True
 
 
 async def repair(link: VerifiedLink, differ: list[str]) -> None:
