@@ -25,6 +25,7 @@ from siot import subjects
 from siot.codec import decode_points, decode_request, encode
 from siot.errors import InvalidInput, SiotError, StoreBusy, UnknownNode
 from siot.fair import FairScheduler, requester_of
+from siot.fanout import Fanout
 from siot.points import INT64_MAX, INT64_MIN, Point
 from siot.reads import selected_edges
 from siot.store import Write
@@ -72,8 +73,12 @@ class Api:
     them after commit, and counts what was refused. The fan-out of committed changes is
     siot/fanout.py's."""
 
-    def __init__(self, nc: NATS, write_path: WritePath) -> None:
+    def __init__(self, nc: NATS, write_path: WritePath, fanout: Fanout | None = None) -> None:
+        """`fanout`: the acks go through its ordered queue, so each follows the fan-out of the
+        commits before it (siot/fanout.py); without it (a bare API in a test) they are published
+        at once."""
         self.nc = nc
+        self.fanout = fanout
         self.write_path = write_path
         self.store = write_path.store
         # False until the app has started every node client; served on siot.stats so tools and
@@ -166,7 +171,7 @@ class Api:
         """Acknowledge every write of a committed group that asked for it, with its error if it
         has one; count what was stored and refused (in-process writes too: they pass the same
         listener)."""
-        publish = self.nc.publish
+        publish = self.fanout.send if self.fanout is not None else self.nc.publish
         for write in writes:
             if write.error is not None:
                 self.write_path.refused(write.node, write.error)

@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 DB_FILE = "siot.db"
 STAGE_TIMEOUT_S = 15.0
-FANOUT_PENDING_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -146,18 +145,14 @@ class App:
             url = broker_cfg.url
         nc = await _connect(url, "siot-daemon", cfg.auth_token)
         self._stack.push_async_callback(wait_closed, nc)
-        # The fan-out's own connection: a big fan-out must not queue the API's acks behind it. It
-        # only publishes, so it is closed rather than drained, and its small buffer bounds what
-        # is left to send at shutdown (the fan-out itself stops after Fanout.STOP_TIMEOUT_S).
-        fanout_nc = await _connect(url, "siot-fanout", cfg.auth_token, pending_size=FANOUT_PENDING_BYTES)
-        self._stack.push_async_callback(fanout_nc.close)
         self.store = await self._stack.enter_async_context(store)
         write_path = WritePath(self.store)
         bus = ChangeBus()
-        # The API's commit listener (acks) runs before the fan-out's (in-process watchers, then
-        # the fan-out connection's queue), so a write is acknowledged before it is fanned out.
-        self.api = await self._stack.enter_async_context(Api(nc, write_path))
-        await self._stack.enter_async_context(Fanout(fanout_nc, self.store, bus))
+        # The API's commit listener (acks, queued in the fan-out's order) runs before the
+        # fan-out's own: a write's ack follows the fan-out of the commits before it.
+        fanout = Fanout(nc, self.store, bus)
+        self.api = await self._stack.enter_async_context(Api(nc, write_path, fanout))
+        await self._stack.enter_async_context(fanout)
         self.context = AppContext(
             config=cfg,
             store=self.store,
@@ -185,14 +180,14 @@ class App:
         await self._stop.wait()
 
 
-async def _connect(url: str, name: str, token: str, *, pending_size: int = 64 * 1024 * 1024) -> NATS:
+async def _connect(url: str, name: str, token: str) -> NATS:
     return await nats_client.connect(
         url,
         name=name,
         token=token or None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
-        pending_size=pending_size,
+        pending_size=64 * 1024 * 1024,
         error_cb=_log_nats_error,
         disconnected_cb=_log_disconnected,
         reconnected_cb=_log_reconnected,

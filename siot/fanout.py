@@ -4,11 +4,13 @@ observers outside the process, and on the in-process `ChangeBus` for the daemon'
 (DESIGN §1), which get the same changes as objects, without encoding or decoding them.
 
 In-process watchers are called in the commit listener itself, in commit order. The NATS
-messages go out from a task of their own, on a connection of their own: a big fan-out (a 5 MB
-point under 1,000 parents is 5 GB through the socket) then holds up neither the next commit nor
-the acknowledgements, which the API sends on the daemon's main connection. What waits to be
-sent is bounded (`MAX_BACKLOG_BYTES` of encoded payloads, each sent to all its subjects): past
-it the commit listener waits, which holds the store's commits back rather than memory growing.
+messages go out from a task of their own, so a big fan-out (a 5 MB point under 1,000 parents is
+5 GB through the socket) does not hold up the next commit. The API's acknowledgements go through
+the same ordered queue (`send`): a write's ack follows the fan-out of every commit before it
+and precedes its own, as on one connection, so a client that has its ack and then subscribes to
+`up.*` gets only what was committed after (the change feed starts "now"). What waits to be sent
+is bounded (`MAX_BACKLOG_BYTES` of encoded payloads, each sent to all its subjects): past it the
+commit listener waits, which holds the store's commits back rather than memory growing.
 """
 
 from __future__ import annotations
@@ -40,13 +42,13 @@ STOP_TIMEOUT_S = 5.0
 # The sender lets other tasks run after handing over this many bytes.
 YIELD_EVERY_BYTES = 1024 * 1024
 
-# One change's messages: the subjects and the payloads each of them gets.
+# Messages in the queue: the subjects and the payloads each of them gets.
 Outgoing = tuple[list[str], list[bytes]]
 
 
 class Fanout:
     """`async with Fanout(nc, store, bus):` fans out every commit until left; leaving sends
-    what is still waiting first. `nc` is the fan-out's own connection."""
+    what is still waiting first (for at most STOP_TIMEOUT_S)."""
 
     def __init__(self, nc: NATS, store: Store, bus: ChangeBus) -> None:
         self.nc = nc
@@ -88,6 +90,16 @@ class Fanout:
     @property
     def backlog_bytes(self) -> int:
         return self._backlog_bytes
+
+    async def send(self, subject: str, payload: bytes) -> None:
+        """Publish in order with the fan-out (the API's acks, from its commit listener, which
+        runs before this one's). Once the sender has stopped, publish at once."""
+        if self._sender is None:
+            await self.nc.publish(subject, payload)
+            return
+        self._backlog.append(([subject], [payload]))
+        self._backlog_bytes += len(payload)
+        self._queued.set()
 
     async def on_commit(self, writes: list[Write]) -> None:
         """One message per (node or edge, ancestor) for the whole group: the points of every write
