@@ -284,22 +284,25 @@ class Api:
         page = ReplyPage(self._page_budget())
         cursor = None if after is None else (after[0], after[1])
         remaining = limit
+        start = fields["start"] or 0
+        end = fields["end"] or time.time_ns() + 86_400 * 10**9
         # Read in chunks until the page is full: a request for a million points reads what fits
         # one reply (and one chunk more), not a million rows at once.
         while remaining > 0:
+            chunk = min(remaining, HISTORY_READ_CHUNK)
             rows = await self.store.history_page(
                 node,
                 type=request.get("type"),
                 key=request.get("key"),
-                start=fields["start"] or 0,
-                end=fields["end"] or time.time_ns() + 86_400 * 10**9,
-                limit=min(remaining, HISTORY_READ_CHUNK),
+                start=start,
+                end=end,
+                limit=chunk,
                 after=cursor,
             )
             for seq, point in rows:
                 if not page.add(point.to_wire(), [point.time, seq], "one history point", "narrow it by type"):
                     return page.reply("points")
-            if len(rows) < min(remaining, HISTORY_READ_CHUNK):
+            if len(rows) < chunk:
                 break
             remaining -= len(rows)
             cursor = (rows[-1][1].time, rows[-1][0])

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nats.aio.client import Client as NATS
 from nats.errors import SlowConsumerError
 
 from siot import nats_client
@@ -143,7 +142,17 @@ class App:
             )
             self.broker = await self._stack.enter_async_context(Broker(broker_cfg))
             url = broker_cfg.url
-        nc = await _connect(url, "siot-daemon", cfg.auth_token)
+        nc = await nats_client.connect(
+            url,
+            name="siot-daemon",
+            token=cfg.auth_token or None,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            pending_size=64 * 1024 * 1024,
+            error_cb=_log_nats_error,
+            disconnected_cb=_log_disconnected,
+            reconnected_cb=_log_reconnected,
+        )
         self._stack.push_async_callback(wait_closed, nc)
         self.store = await self._stack.enter_async_context(store)
         write_path = WritePath(self.store)
@@ -178,20 +187,6 @@ class App:
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
-
-
-async def _connect(url: str, name: str, token: str) -> NATS:
-    return await nats_client.connect(
-        url,
-        name=name,
-        token=token or None,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
-        pending_size=64 * 1024 * 1024,
-        error_cb=_log_nats_error,
-        disconnected_cb=_log_disconnected,
-        reconnected_cb=_log_reconnected,
-    )
 
 
 _slow_consumer_log = LogBudget(burst=1, interval_s=10.0)

@@ -87,29 +87,28 @@ class Fanout:
             await asyncio.gather(self._sender, return_exceptions=True)
             self._sender = None
 
-    @property
-    def backlog_bytes(self) -> int:
-        return self._backlog_bytes
-
     async def send(self, subject: str, payload: bytes) -> None:
         """Publish in order with the fan-out (the API's acks, from its commit listener, which
         runs before this one's). Once the sender has stopped, publish at once."""
         if self._sender is None:
             await self.nc.publish(subject, payload)
             return
-        self._backlog.append(([subject], [payload]))
-        self._backlog_bytes += len(payload)
+        self._enqueue([subject], [payload])
+
+    def _enqueue(self, subject_list: list[str], messages: list[bytes]) -> None:
+        self._backlog.append((subject_list, messages))
+        self._backlog_bytes += sum(map(len, messages))
         self._queued.set()
 
     async def on_commit(self, writes: list[Write]) -> None:
         """One message per (node or edge, ancestor) for the whole group: the points of every write
         to the same node or edge travel together, encoded once.
 
-        Each goes through nats-py's public `publish` (~2.5 µs of Python each, STACK.md), which
-        hands the payload over without a copy per subject and waits for the socket when its
-        buffer is full, so a 5 MB point under 1,000 parents does not become 5 GB in memory.
-        Joining the frames into one buffer by hand saved about half of that per message, but
-        only through nats-py's private members (docs/benchmarks.md)."""
+        The sender task hands each to nats-py's public `publish` (~2.5 µs of Python each,
+        STACK.md), which builds every message as one bytes object (a copy of the payload per
+        subject) and waits for the socket when its buffer is full, so memory stays bounded even
+        for a 5 MB point under 1,000 parents. Joining the frames by hand saved about half of the
+        cost per message, but only through nats-py's private members (docs/benchmarks.md)."""
         changed: dict[tuple[str, str], list[Point]] = {}
         for write in writes:
             if write.error is None and write.changed:
@@ -124,10 +123,8 @@ class Fanout:
                 targets.add(parent)
                 targets |= tree.ancestors(parent)
             self.bus.publish(targets, Change(node, parent or None, points))
-            messages = payloads(node, points, limit)
-            self._backlog.append(([subjects.up(a, node, parent or None) for a in targets], messages))
-            self._backlog_bytes += sum(map(len, messages))
-        self._queued.set()
+            up_subjects = [subjects.up(a, node, parent or None) for a in targets]
+            self._enqueue(up_subjects, payloads(node, points, limit))
         if self._backlog_bytes > MAX_BACKLOG_BYTES:
             self._room.clear()
             await self._room.wait()
