@@ -17,7 +17,6 @@ import hashlib
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 from siot.client import Client
+from siot.cmd import debian_packages
 from siot.errors import SiotError
 from siot.points import Point
 
@@ -594,29 +594,9 @@ def fill_disk(path: Path) -> int:
     return written
 
 
-LIBFAKETIME_PATHS = (
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-)
-LIBFAKETIME_INSTALL = "apt-get install -y libfaketime"
-
-
 def libfaketime() -> str:
     """The path of Debian's libfaketime, installed with apt-get when it is missing (as root)."""
-    for path in LIBFAKETIME_PATHS:
-        if os.path.exists(path):
-            return path
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = subprocess.run([*LIBFAKETIME_INSTALL.split()], capture_output=True, env=env, check=False)
-        if install.returncode != 0:  # perhaps no package lists yet
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
-            subprocess.run([*LIBFAKETIME_INSTALL.split()], capture_output=True, env=env, check=False)
-        for path in LIBFAKETIME_PATHS:
-            if os.path.exists(path):
-                return path
-    raise FileNotFoundError(f"libfaketime is not installed; install it with: {LIBFAKETIME_INSTALL}")
+    return debian_packages.require("libfaketime")
 
 
 def set_clock_offset(offset_file: Path, seconds: int) -> None:
