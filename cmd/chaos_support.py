@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self
 
+from siot import credfile
 from siot.client import Client
 from siot.cmd import debian_packages
 from siot.errors import SiotError
@@ -209,6 +210,20 @@ class ServeProcess:
         asyncio.run(self._wait_ready())
         return self
 
+    def client_options(self) -> dict[str, Any]:
+        """How a client reaches this instance as its admin: the URL and the admin credential
+        (with its TLS files) it keeps in its data directory, once written; else its URL alone."""
+        admin = credfile.local_admin(self.data_dir, self.url)
+        if admin is None:
+            return {"url": self.url}
+        return {
+            "url": admin.url or self.url,
+            "credential": admin,
+            "tls_ca": admin.tls_ca or None,
+            "tls_cert": admin.tls_cert or None,
+            "tls_key": admin.tls_key or None,
+        }
+
     async def _wait_ready(self) -> None:
         """Until `siot.stats` says ready: the API answers and every node client has started."""
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -217,8 +232,14 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"siot serve exited with {self.proc.returncode}:\n{self.log()}")
             with contextlib.suppress(SiotError):  # not listening or not answering yet
+                options = self.client_options()
                 client = await Client.connect(
-                    self.url, reconnect_forever=False, timeout_s=1, allow_reconnect=False, error_cb=_quiet
+                    options.pop("url"),
+                    reconnect_forever=False,
+                    timeout_s=1,
+                    allow_reconnect=False,
+                    error_cb=_quiet,
+                    **options,
                 )
                 try:
                     if (await client.stats())["ready"]:

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import functools
 import json
+import os
 import re
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
-from siot import subjects
+from siot import credfile, subjects
 from siot.client import DEFAULT_URL, Client, NodeInfo
 from siot.codec import parse_rfc3339_ns
 from siot.errors import RequestFailed, SiotError
@@ -51,11 +52,16 @@ async def _quiet_error(exc: Exception) -> None:
 
 @dataclass(slots=True, frozen=True)
 class Target:
-    """Where a client command connects, from --url/--token/--timeout (or SIOT_URL, ...)."""
+    """Where a client command connects, from --url/--token/--timeout/--credential/--tls-*
+    (or SIOT_URL, ...); `credential` None: anonymous or the token."""
 
     url: str
     token: str
     timeout_s: float
+    credential: credfile.Credential | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def run(self, work: Callable[[Client], Awaitable[T]], *, reconnect: bool = False) -> T:
         """Connect, run `work(client)` and close; siot and connection errors become one-line
@@ -66,6 +72,10 @@ class Target:
                 self.url,
                 name="siot-cli",
                 token=self.token or None,
+                credential=self.credential,
+                tls_ca=self.tls_ca,
+                tls_cert=self.tls_cert,
+                tls_key=self.tls_key,
                 timeout_s=self.timeout_s,
                 reconnect_forever=reconnect,  # long-running commands ride out instance restarts
                 allow_reconnect=reconnect,
@@ -82,16 +92,79 @@ class Target:
             raise click.ClickException(str(exc)) from exc
 
 
+def make_target(
+    url: str | None,
+    token: str,
+    timeout_s: float,
+    *,
+    data_dir: str | None = None,
+    credential_file: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> Target:
+    """Who to be towards which instance, in this order: a credential file; SIOT_USER and
+    SIOT_SECRET (a secret is never an argument: `ps` would show it); the token; else the admin
+    credential `siot serve --data DIR` keeps, when the URL is this machine (the file's URL and
+    TLS certificate are used when none is given)."""
+    credential = None
+    try:
+        if credential_file:
+            credential = credfile.load(credential_file)
+        elif os.environ.get("SIOT_USER") and os.environ.get("SIOT_SECRET"):
+            credential = credfile.Credential(os.environ["SIOT_USER"], os.environ["SIOT_SECRET"])
+        elif not token:
+            admin = credfile.local_admin(data_dir, url or DEFAULT_URL)
+            if admin is not None:
+                credential = admin
+                url = url or admin.url or None
+                tls_ca = tls_ca or admin.tls_ca or None
+                tls_cert = tls_cert or admin.tls_cert or None
+                tls_key = tls_key or admin.tls_key or None
+    except SiotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return Target(
+        url=url or DEFAULT_URL,
+        token=token,
+        timeout_s=timeout_s,
+        credential=credential,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
 def client_options(fn: F) -> F:
-    """Add --url, --token and --timeout; the command receives them as one `target: Target`."""
+    """Add --url, --token, --timeout, --data, --credential and --tls-*; the command receives
+    them as one `target: Target`."""
 
     @click.option(
         "--url",
         envvar="SIOT_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="NATS URL of the siot instance.",
+        default=None,
+        help=f"NATS URL of the siot instance (nats:// or tls://). Default: the one the admin "
+        f"credential of --data names, else {DEFAULT_URL}.",
     )
+    @click.option(
+        "--data",
+        "data_dir",
+        envvar="SIOT_DATA",
+        default="./data",
+        show_default=True,
+        help="Data directory of a local `siot serve`: its admin credential is used for a local URL.",
+    )
+    @click.option(
+        "--credential",
+        "credential_file",
+        envvar="SIOT_CREDENTIAL",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help='JSON file {"user", "secret"} to log in with (e.g. a device credential); or set '
+        "SIOT_USER and SIOT_SECRET.",
+    )
+    @click.option("--tls-ca", envvar="SIOT_TLS_CA", default=None, help="CA (or server certificate) to trust.")
+    @click.option("--tls-cert", envvar="SIOT_TLS_CERT", default=None, help="Client certificate, if asked.")
+    @click.option("--tls-key", envvar="SIOT_TLS_KEY", default=None, help="Key of --tls-cert.")
     @click.option(
         "--token", envvar="SIOT_AUTH_TOKEN", default="", help="NATS auth token, if the instance needs one."
     )
@@ -105,8 +178,29 @@ def client_options(fn: F) -> F:
         help="Seconds to wait for a connection or a reply.",
     )
     @functools.wraps(fn)
-    def wrapper(*args: Any, url: str, token: str, timeout_s: float, **kwargs: Any) -> Any:
-        return fn(*args, target=Target(url=url, token=token, timeout_s=timeout_s), **kwargs)
+    def wrapper(
+        *args: Any,
+        url: str | None,
+        token: str,
+        timeout_s: float,
+        data_dir: str,
+        credential_file: str | None,
+        tls_ca: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        target = make_target(
+            url,
+            token,
+            timeout_s,
+            data_dir=data_dir,
+            credential_file=credential_file,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+        return fn(*args, target=target, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

@@ -10,6 +10,7 @@ import logging
 
 import click
 
+from siot.cmd.cred_cmds import COMMANDS as CRED_COMMANDS
 from siot.cmd.export_import import COMMANDS as EXPORT_IMPORT_COMMANDS
 from siot.cmd.lazy import LazyCommand, LazyGroup
 from siot.cmd.sync_cmds import sync
@@ -64,7 +65,7 @@ def cli(log_level: str) -> None:
 
 
 cli.add_command(sync)
-for command in [*TREE_COMMANDS, *WATCH_COMMANDS, *EXPORT_IMPORT_COMMANDS]:
+for command in [*TREE_COMMANDS, *WATCH_COMMANDS, *EXPORT_IMPORT_COMMANDS, *CRED_COMMANDS]:
     cli.add_command(command)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
+from siot import credfile
 from siot.app import ServeConfig, run
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT
 from siot.errors import SiotError
@@ -155,6 +157,59 @@ from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
     "nats://TOKEN@cloud:4222). Creates/updates the `sync` node under the root.",
 )
 @click.option(
+    "--upstream-credential",
+    envvar="SIOT_UPSTREAM_CREDENTIAL",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help='File with the edge credential {"user", "secret"} (`siot edge credential` on the upstream). '
+    "Or set SIOT_UPSTREAM_USER and SIOT_UPSTREAM_SECRET: a secret is never an argument, `ps` shows those.",
+)
+@click.option(
+    "--upstream-tls-ca",
+    envvar="SIOT_UPSTREAM_TLS_CA",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="CA (or certificate) to trust for a tls:// upstream (default: the system's CAs).",
+)
+@click.option(
+    "--tls-cert",
+    envvar="SIOT_TLS_CERT",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Server certificate (PEM): TLS on the NATS port, MQTT and leafnodes (`siot cert` makes one). "
+    "SIGHUP reloads it.",
+)
+@click.option(
+    "--tls-key", envvar="SIOT_TLS_KEY", default=None, type=click.Path(dir_okay=False), help="Its key."
+)
+@click.option(
+    "--tls-ca",
+    envvar="SIOT_TLS_CA",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--tls-allow-plain",
+    envvar="SIOT_TLS_ALLOW_PLAIN",
+    is_flag=True,
+    help="With TLS on: accept plain NATS connections on the client port too (default: refused).",
+)
+@click.option(
+    "--leafnode-port",
+    envvar="SIOT_LEAFNODE_PORT",
+    default=0,
+    type=int,
+    help="Accept nats-server leafnode connections on this port (0 = off); TLS with --tls-cert.",
+)
+@click.option(
+    "--require-credentials",
+    envvar="SIOT_REQUIRE_CREDENTIALS",
+    is_flag=True,
+    help="Refuse clients without a credential from the start (otherwise: once the first device or "
+    "edge credential is issued). Local client commands use the admin credential in --data.",
+)
+@click.option(
     "--upstream-parent",
     envvar="SIOT_UPSTREAM_PARENT",
     default=None,
@@ -172,7 +227,21 @@ def serve(**options: object) -> None:
         siot serve --data ./data
         siot serve --nats-url nats://10.0.0.5:4222 --id gateway-1
         siot serve --data ./edge --upstream nats://cloud.example.com:4222
+        siot serve --tls-cert data/tls/server.pem --tls-key data/tls/server.key --mqtt-port 8883
     """
+    if options["tls_cert"] and not options["tls_key"]:
+        raise click.UsageError("--tls-cert needs --tls-key")
+    if options["tls_ca"] and not options["tls_cert"]:
+        raise click.UsageError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+    user, secret = os.environ.get("SIOT_UPSTREAM_USER"), os.environ.get("SIOT_UPSTREAM_SECRET")
+    if user and secret and not options["upstream_credential"]:
+        # The link reads its credential from a file (the sync node names it; its secret is never a
+        # point): the one from the environment is kept beside the data, mode 0600.
+        data_dir = Path(str(options["data_dir"]))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / "upstream.cred"
+        credfile.write(path, credfile.Credential(user, secret))
+        options["upstream_credential"] = str(path)
     config = ServeConfig(**options)  # type: ignore[arg-type]
     try:
         run(config)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import reprlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from siot import scope as scopes
 from siot import subjects
 from siot.codec import decode_points, decode_request, encode
 from siot.errors import InvalidInput, SiotError, StoreBusy, UnknownNode
@@ -51,6 +53,7 @@ READS_PER_REQUESTER = 1_000
 # Room kept in a reply for its envelope (`ok`, `next`); the rest of the broker's max_payload is
 # for the page's items. nats-server drops a larger message without a word to either side.
 REPLY_ENVELOPE_BYTES = 4096
+MAX_SCOPE_KEYS = 10_000  # scopes counted apart in scope_refused; the rest together
 
 
 def node_wire(
@@ -88,6 +91,8 @@ class Api:
         self._handled = 0  # messages taken from the subscriptions (for `_take_turns`)
         self._reads = FairScheduler(READ_CONCURRENCY, READS_PER_REQUESTER)
         self._subs: list[Subscription] = []
+        # Scoped requests (s.<scope>.…) refused as outside their scope, per scope.
+        self.scope_refused: Counter[str] = Counter()
         self._remove_listener: Any = None
         self._stats: dict[str, Callable[[], Any]] = {}
 
@@ -109,6 +114,9 @@ class Api:
             await self.nc.subscribe("nodes.*.*", cb=self._on_nodes),
             await self.nc.subscribe("history.*", cb=self._on_history),
             await self.nc.subscribe(subjects.STATS, cb=self._on_stats),
+            await self.nc.subscribe(f"{subjects.SCOPED}.*.p.>", cb=self._on_scoped_points, **limits),
+            await self.nc.subscribe(f"{subjects.SCOPED}.*.nodes.*.*", cb=self._on_scoped_nodes),
+            await self.nc.subscribe(f"{subjects.SCOPED}.*.history.*", cb=self._on_scoped_history),
         ]
         await self.nc.flush()
         logger.info("api: serving instance %s", self.store.instance_id)
@@ -145,13 +153,18 @@ class Api:
             # other clients' writes queued behind it are reached sooner.
             self.write_path.busy(self.store.busy_error(), told=False)
             return
-        tokens = msg.subject.split(".")
+        await self._write(msg, msg.subject.split("."), None)
+
+    async def _write(self, msg: Msg, tokens: list[str], scope: str | None) -> None:
+        """A write on `p.<node>[.<parent>]` (`tokens`), confined to `scope` when it came scoped."""
         node = tokens[1] if len(tokens) > 1 else ""
         try:
             if len(tokens) not in (2, 3):
                 raise InvalidInput(f"subject {msg.subject!r} must be p.<node> or p.<node>.<parent>")
             parent = tokens[2] if len(tokens) == 3 else ""
             self.write_path.check_target(node, parent)
+            if scope is not None:
+                self._check_scope(scope, node, parent)
             batch = decode_points(msg.data, max_points=self.write_path.max_batch_points)
             self.write_path.submit(node, batch, parent=parent, reply=msg.reply or None)
         except InvalidInput as exc:
@@ -160,6 +173,48 @@ class Api:
             await self._refuse_busy(msg, exc)
         except SiotError as exc:  # store closing: tell the sender, so it can retry elsewhere
             await self._reply_error(msg, node, exc)
+
+    def _check_scope(self, scope: str, node: str, parent: str = "", read: str = "") -> None:
+        """Refuse (and count) a scoped request that reaches outside its scope's subtree."""
+        tree = self.store.tree
+        try:
+            subjects.check_node_token(scope, what="scope")
+            if read:
+                scopes.check_scoped_read(tree, scope, read, node)
+            elif parent:
+                scopes.check_scoped_edge(tree, scope, node, parent)
+            else:
+                scopes.check_scoped_node(tree, scope, node)
+        except InvalidInput:
+            if scope in self.scope_refused or len(self.scope_refused) < MAX_SCOPE_KEYS:
+                self.scope_refused[scope] += 1
+            else:
+                self.scope_refused["(other)"] += 1
+            raise
+
+    async def _on_scoped_points(self, msg: Msg) -> None:
+        """`s.<scope>.p.<node>[.<parent>]`: a write confined to the scope's subtree."""
+        await self._take_turns()
+        tokens = msg.subject.split(".")
+        await self._write(msg, tokens[2:], tokens[1])
+
+    async def _on_scoped_nodes(self, msg: Msg) -> None:
+        _, scope, _, parent, node = msg.subject.split(".")
+        try:
+            self._check_scope(scope, node, read=parent)
+        except InvalidInput as exc:
+            await self._reply_error(msg, node, exc)
+            return
+        await self._read_fairly(msg, node, lambda req: self._nodes(parent, node, req))
+
+    async def _on_scoped_history(self, msg: Msg) -> None:
+        _, scope, _, node = msg.subject.split(".")
+        try:
+            self._check_scope(scope, node)
+        except InvalidInput as exc:
+            await self._reply_error(msg, node, exc)
+            return
+        await self._read_fairly(msg, node, lambda req: self._history(node, req))
 
     async def _refuse_busy(self, msg: Msg, exc: StoreBusy) -> None:
         """Not bad input, and it comes in floods: counted apart (write_path.busy)."""

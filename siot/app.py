@@ -22,10 +22,19 @@ from typing import Any
 
 from nats.errors import SlowConsumerError
 
-from siot import nats_client
+from siot import credentials, nats_client
 from siot.api import Api, wait_closed
-from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT, Broker, BrokerConfig
+from siot.broker import (
+    DEFAULT_MONITOR_PORT,
+    DEFAULT_NATS_HOST,
+    DEFAULT_NATS_PORT,
+    Broker,
+    BrokerConfig,
+    BrokerUser,
+    TlsFiles,
+)
 from siot.bus import ChangeBus
+from siot.errors import SiotError
 from siot.fanout import Fanout
 from siot.local import LocalClient
 from siot.logbudget import LogBudget
@@ -64,6 +73,15 @@ class ServeConfig:
     max_future_s: float = DEFAULT_MAX_FUTURE_S
     upstream: str | None = None
     upstream_parent: str | None = None
+    # Credentials and TLS (docs/security.md)
+    require_credentials: bool = False  # users required even before the first credential
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None  # clients must present a certificate signed by this CA
+    tls_allow_plain: bool = False  # with TLS: plain NATS connections too
+    leafnode_port: int = 0
+    upstream_credential: str | None = None  # file {"user","secret"} for the --upstream link
+    upstream_tls_ca: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,6 +100,7 @@ class App:
         self.context: AppContext | None = None
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> App:
         # Handlers go in before anything starts, so a SIGTERM during start-up (node clients can
@@ -90,6 +109,8 @@ class App:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self._start()
         except BaseException:
@@ -99,7 +120,7 @@ class App:
 
     async def __aexit__(self, *exc: object) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
         logger.info("siot: shutting down")
@@ -129,7 +150,20 @@ class App:
             )
         )
         url = cfg.nats_url
+        auth: dict[str, Any] = {"token": cfg.auth_token or None}
+        tls = TlsFiles(cfg.tls_cert, cfg.tls_key or "", cfg.tls_ca or "") if cfg.tls_cert else None
+        own_tls = credentials.own_tls(tls) if tls else None
+        admin = admin_user = None
         if not url:
+            nats_dir = cfg.data_dir / "nats"
+            users: tuple[BrokerUser, ...] = ()
+            if not cfg.auth_token:
+                admin = credentials.ensure_admin(cfg.data_dir, "", None)
+                admin_user = await asyncio.to_thread(credentials.admin_user, admin.user, admin.secret)
+                cached = credentials.load_users_cache(nats_dir)
+                if cached or cfg.require_credentials:
+                    users = (admin_user, *cached)
+                auth = {"user": admin.user, "password": admin.secret}
             broker_cfg = BrokerConfig(
                 data_dir=cfg.data_dir / "nats",
                 server_name=f"siot-{cfg.instance_id or 'local'}",
@@ -139,13 +173,20 @@ class App:
                 mqtt_port=cfg.mqtt_port,
                 auth_token=cfg.auth_token,
                 binary=cfg.nats_server_bin,
+                users=users,
+                tls=tls,
+                allow_plain=cfg.tls_allow_plain,
+                leafnode_port=cfg.leafnode_port,
             )
             self.broker = await self._stack.enter_async_context(Broker(broker_cfg))
             url = broker_cfg.url
+            if admin is not None:  # the client commands find the instance as it runs now
+                admin = credentials.ensure_admin(cfg.data_dir, url, tls)
         nc = await nats_client.connect(
             url,
             name="siot-daemon",
-            token=cfg.auth_token or None,
+            tls=own_tls,
+            **auth,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
             pending_size=64 * 1024 * 1024,
@@ -171,6 +212,19 @@ class App:
             nc=nc,
             broker_url=url,
             api=self.api,
+            admin=admin,
+            own_tls=own_tls,
+        )
+        self.context.credentials = await self._stack.enter_async_context(
+            credentials.CredentialService(
+                self.context,
+                self.broker,
+                admin_user,
+                require=cfg.require_credentials,
+                unavailable="this instance runs with --auth-token (one shared token, no users)"
+                if cfg.auth_token
+                else "",
+            )
         )
         for node_client in self.node_clients:
             await self._stack.enter_async_context(node_client(self.context))
@@ -184,6 +238,23 @@ class App:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: nats-server reloads its configuration, which re-reads the TLS certificate and
+        key files (a renewed certificate is served to new connections without a restart)."""
+        if self.broker is not None:
+            task = asyncio.get_running_loop().create_task(self._reload())
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        assert self.broker is not None
+        try:
+            await self.broker.reload()
+        except SiotError as exc:
+            logger.error("siot: reload failed: %s", exc)
+            return
+        logger.info("siot: reloaded nats-server's configuration and certificates")
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()

@@ -13,13 +13,16 @@ import ctypes
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from siot.errors import BrokerError
+from siot.logbudget import LogBudget
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,20 @@ DEFAULT_READY_TIMEOUT_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 RESTART_BACKOFF_MAX_S = 10.0
 READY_LINE = "Server is ready"
+RELOADED_LINE = "Reloaded server configuration"
+RELOAD_FAILED_LINE = "Failed to reload server configuration"
+RELOAD_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
+CONFIG_MODE = 0o600  # it holds the token or the credentials' hashes
+# nats-server's lines for a refused publish or subscription and a refused login, e.g.
+#   ... - cid:9 - "v2.16.0:python3" - "$G/user:devA" - Publish Violation - Subject "p.B"
+#   ... - mid:6 - "sensor-1" - Subscription Violation - Subject "up.B.>", SID up.B.>
+#   ... - cid:6 - "v2.16.0:python3" - authentication error - User "devA"
+VIOLATION_RE = re.compile(r'- "([^"]*)" - (?:"[^"]*/user:([^"]*)" - )?(Publish|Subscription) Violation')
+AUTH_ERROR_RE = re.compile(r'- "([^"]*)" - authentication error(?: - User "([^"]*)")?')
+MAX_COUNTED_CLIENTS = 1_000  # per-client counters stay bounded under a flood of client names
+BROKER_LOG_BURST = 20
+BROKER_LOG_INTERVAL_S = 10.0
 
 
 def find_nats_server(explicit: str | None = None) -> str:
@@ -63,6 +79,50 @@ def find_nats_server(explicit: str | None = None) -> str:
 
 
 @dataclass(slots=True, frozen=True)
+class Permissions:
+    """What one user may publish and subscribe to (nats-server `allow` lists); replies to the
+    user's own requests come through its subscribe list (its inbox prefix)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class BrokerUser:
+    """A nats-server user: name, bcrypt hash of its secret (nats-server checks it itself, for
+    NATS and MQTT clients alike), and its permissions (None: everything, the admin)."""
+
+    user: str
+    password_hash: str
+    permissions: Permissions | None = None
+
+    def render(self) -> str:
+        text = f"{{ user: {_quote(self.user)}, password: {_quote(self.password_hash)}"
+        if self.permissions is not None:
+            publish = ", ".join(_quote(s) for s in self.permissions.publish)
+            subscribe = ", ".join(_quote(s) for s in self.permissions.subscribe)
+            text += f", permissions: {{ publish: {{ allow: [{publish}] }}, "
+            text += f"subscribe: {{ allow: [{subscribe}] }} }}"
+        return text + " }"
+
+
+@dataclass(slots=True, frozen=True)
+class TlsFiles:
+    """Certificate and key of the server; `ca`, when set, is the CA client certificates must be
+    signed by (every client, the daemon's own connection included, then presents one)."""
+
+    cert: str
+    key: str
+    ca: str = ""
+
+    def render(self) -> str:
+        text = f"tls {{ cert_file: {_quote(self.cert)}, key_file: {_quote(self.key)}, timeout: 5"
+        if self.ca:
+            text += f", ca_file: {_quote(self.ca)}, verify: true"
+        return text + " }"
+
+
+@dataclass(slots=True, frozen=True)
 class BrokerConfig:
     """What the embedded server listens on. `store_dir` holds JetStream data (MQTT needs it)."""
 
@@ -74,11 +134,18 @@ class BrokerConfig:
     mqtt_port: int = 0  # 0 = MQTT off
     auth_token: str = ""
     binary: str | None = None
+    # Users (the admin and device/edge credentials, siot/credentials.py); empty: no user
+    # authorization (open, or the shared token).
+    users: tuple[BrokerUser, ...] = ()
+    tls: TlsFiles | None = None  # on the client port, MQTT and leafnodes
+    allow_plain: bool = False  # with TLS: also accept plain connections on the client port
+    leafnode_port: int = 0  # 0 = no leafnode listener
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"nats://{host}:{self.port}"
+        scheme = "tls" if self.tls and not self.allow_plain else "nats"
+        return f"{scheme}://{host}:{self.port}"
 
     def render(self) -> str:
         """The nats-server configuration file text."""
@@ -89,17 +156,41 @@ class BrokerConfig:
         ]
         if self.monitor_port:
             lines.append(f'http: "{self.host}:{self.monitor_port}"')
-        if self.auth_token:
+        if self.tls:
+            lines.append(self.tls.render())
+            if self.allow_plain:
+                lines.append("allow_non_tls: true")
+        if self.users:
+            lines.append("authorization { users: [")
+            lines += [f"  {user.render()}" for user in self.users]
+            lines.append("] }")
+        elif self.auth_token:
             lines.append(f"authorization {{ token: {_quote(self.auth_token)} }}")
         if self.mqtt_port:
             store_dir = self.data_dir / "jetstream"
             lines.append(f"jetstream {{ store_dir: {_quote(str(store_dir))} }}")
-            lines.append(f'mqtt {{ host: "{self.host}", port: {self.mqtt_port} }}')
+            tls = f", {self.tls.render()}" if self.tls else ""
+            lines.append(f'mqtt {{ host: "{self.host}", port: {self.mqtt_port}{tls} }}')
+        if self.leafnode_port:
+            tls = f", {self.tls.render()}" if self.tls else ""
+            lines.append(f'leafnodes {{ host: "{self.host}", port: {self.leafnode_port}{tls} }}')
         return "\n".join(lines) + "\n"
 
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, text: str) -> None:
+    """Write the config file with mode 0600 (it holds the token or the credentials' hashes),
+    atomically: nats-server, reloading, never reads half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CONFIG_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _die_with_parent() -> None:
@@ -121,6 +212,13 @@ class Broker:
         self._ready = asyncio.Event()
         self._stopping = False
         self.restarts = 0
+        # Refused publishes/subscriptions and logins, per client (user, or MQTT client id), as
+        # nats-server reports them in its log: served on siot.stats.
+        self.violations: Counter[str] = Counter()
+        self.auth_failures: Counter[str] = Counter()
+        self._refusal_log = LogBudget(BROKER_LOG_BURST, BROKER_LOG_INTERVAL_S)
+        self._reloaded: asyncio.Future[str] | None = None
+        self._reload_lock = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -134,7 +232,9 @@ class Broker:
             # Rewritten only when it changed: a restart onto a full or read-only data directory
             # then gets as far as the store, which says what is wrong with the database.
             if not conf_path.exists() or conf_path.read_text() != text:
-                conf_path.write_text(text)
+                write_config(conf_path, text)
+            else:
+                os.chmod(conf_path, CONFIG_MODE)  # written by an older siot with the umask's mode
         except OSError as exc:
             raise BrokerError(f"cannot write the nats-server config {conf_path}: {exc.strerror}") from exc
         self._conf_path = conf_path
@@ -144,6 +244,38 @@ class Broker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def reload(self, config: BrokerConfig | None = None) -> None:
+        """Apply `config` (default: the current one again, which re-reads the certificate files)
+        without a restart: the file is rewritten and nats-server gets SIGHUP. Returns once it
+        has reloaded; raises `BrokerError` with its reason when it refused the new config (it
+        then keeps running on the old one). Clients whose user was removed are disconnected by
+        nats-server; the others keep their connections, with the new permissions."""
+        async with self._reload_lock:
+            if config is not None:
+                config = replace(config, data_dir=self.config.data_dir)
+            new = config or self.config
+            try:
+                write_config(self._conf_path, new.render())
+            except OSError as exc:
+                raise BrokerError(f"cannot write the nats-server config: {exc.strerror}") from exc
+            process = self._process
+            if process is None or process.returncode is not None:
+                self.config = new  # the supervisor's restart reads the new file
+                return
+            self._reloaded = asyncio.get_running_loop().create_future()
+            process.send_signal(signal.SIGHUP)
+            try:
+                async with asyncio.timeout(RELOAD_TIMEOUT_S):
+                    line = await self._reloaded
+            except TimeoutError as exc:
+                raise BrokerError(f"nats-server did not reload within {RELOAD_TIMEOUT_S} s") from exc
+            finally:
+                self._reloaded = None
+            if RELOAD_FAILED_LINE in line:
+                write_config(self._conf_path, self.config.render())  # what it still runs
+                raise BrokerError(f"nats-server refused the new configuration: {line.split('] ', 1)[-1]}")
+            self.config = new
 
     async def _start(self) -> None:
         self._ready.clear()
@@ -186,11 +318,41 @@ class Broker:
             line = raw.decode(errors="replace").rstrip()
             if READY_LINE in line:
                 self._ready.set()
+            if (RELOADED_LINE in line or RELOAD_FAILED_LINE in line) and self._reloaded is not None:
+                if not self._reloaded.done():
+                    self._reloaded.set_result(line)
+                continue
+            if self._count_refusal(line):
+                continue
             if "[ERR]" in line or "[FTL]" in line:
                 self._last_error = line
                 logger.warning("nats-server: %s", line)
             elif logger.isEnabledFor(logging.DEBUG):
                 logger.debug("nats-server: %s", line)
+
+    def _count_refusal(self, line: str) -> bool:
+        """Count a permissions violation or a failed login, logged within a budget (a device
+        retrying with a revoked credential must not flood the log). True if it was one."""
+        violation = VIOLATION_RE.search(line)
+        refused = AUTH_ERROR_RE.search(line) if violation is None else None
+        if violation is None and refused is None:
+            return False
+        if violation is not None:
+            who = violation[2] or f"client {violation[1]}"
+            counter = self.violations
+        else:
+            assert refused is not None
+            who = refused[2] or f"client {refused[1]}"
+            counter = self.auth_failures
+        if who in counter or len(counter) < MAX_COUNTED_CLIENTS:
+            counter[who] += 1
+        else:
+            counter["(other)"] += 1
+        held_back = self._refusal_log.take()
+        if held_back is not None:
+            more = f" ({held_back} more refusals not logged)" if held_back else ""
+            logger.warning("nats-server: %s%s", line.split("] ", 1)[-1], more)
+        return True
 
     async def _supervise(self) -> None:
         """Restart nats-server whenever it exits unexpectedly, with capped backoff."""

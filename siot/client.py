@@ -33,6 +33,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from siot import nats_client, subjects
 from siot.bus import Change
 from siot.codec import decode_reply, decode_trusted_points, encode, point_from_wire
+from siot.credfile import Credential, client_tls
 from siot.errors import ConnectFailed, RequestFailed
 from siot.points import NODE_TYPE, TOMBSTONE, Point
 
@@ -273,10 +274,18 @@ class Client(BaseClient):
     closes the NATS connection) or `Client(nc)` around a connection you own."""
 
     def __init__(
-        self, nc: NATS, *, timeout_s: float = DEFAULT_TIMEOUT_S, owns_connection: bool = False
+        self,
+        nc: NATS,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        owns_connection: bool = False,
+        scope: str | None = None,
     ) -> None:
+        """`scope`: the node a device or edge credential confines this connection to; requests
+        then go out on the scoped subjects (`s.<scope>.…`, docs/security.md)."""
         self.nc = nc
         self.timeout_s = timeout_s
+        self.scope = scope or None
         self._owns = owns_connection
         self._root_id: str | None = None
 
@@ -287,6 +296,11 @@ class Client(BaseClient):
         *,
         name: str = "siot-client",
         token: str | None = None,
+        credential: Credential | None = None,
+        scope: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         reconnect_forever: bool = True,
         **options: Any,
@@ -296,7 +310,21 @@ class Client(BaseClient):
         The first connection fails fast (raises after a couple of attempts) so a wrong URL is
         reported at once; once connected, the link reconnects forever unless told not to, since
         an edge's uplink must survive any outage.
+
+        `credential` (siot.credfile: user and secret, e.g. what `siot device credential`
+        printed) logs in as that user, receives replies on the user's own inbox prefix (the only
+        one it may read) and, when the credential names its node, confines requests to that
+        node's subtree (`scope`). `tls://` URLs (or `tls_ca`) use TLS, trusting `tls_ca` (a CA or
+        the server's certificate; default: the system's CAs); `tls_cert`/`tls_key` are the client
+        certificate for a server that asks for one.
         """
+        if credential is not None:
+            options.setdefault("user", credential.user)
+            options.setdefault("password", credential.secret)
+            options.setdefault("inbox_prefix", subjects.inbox_prefix(credential.user))
+            scope = scope or credential.node or None
+        if "tls" not in options and (tls_ca or tls_cert or url.startswith("tls://")):
+            options["tls"] = client_tls(tls_ca, tls_cert, tls_key)
         options.setdefault("reconnect_time_wait", 0.5)
         options.setdefault("error_cb", _log_connection_error)
         later_attempts = -1 if reconnect_forever else options.pop("max_reconnect_attempts", 60)
@@ -308,7 +336,7 @@ class Client(BaseClient):
         except (OSError, NatsError, TimeoutError) as exc:
             raise ConnectFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
         nc.options["max_reconnect_attempts"] = later_attempts  # read by nats-py at each reconnect
-        return cls(nc, timeout_s=timeout_s, owns_connection=True)
+        return cls(nc, timeout_s=timeout_s, owns_connection=True, scope=scope)
 
     async def __aenter__(self) -> Client:
         return self
@@ -336,7 +364,7 @@ class Client(BaseClient):
     # ---- writes ----
 
     async def _send(self, node: str, parent: str, points: Sequence[Point], ack: bool) -> None:
-        subject = subjects.points(node, parent or None)
+        subject = subjects.scoped(self.scope, subjects.points(node, parent or None))
         payload = encode([p.to_wire() for p in points])
         if ack:
             await self.request(subject, payload)
@@ -355,7 +383,9 @@ class Client(BaseClient):
             request["type"] = type
         found: list[NodeInfo] = []
         while True:
-            reply = await self.request(subjects.nodes(parent, node), encode(request))
+            reply = await self.request(
+                subjects.scoped(self.scope, subjects.nodes(parent, node)), encode(request)
+            )
             found += [NodeInfo.from_wire(n) for n in reply["nodes"]]
             if reply.get("next") is None:
                 return found
@@ -375,12 +405,18 @@ class Client(BaseClient):
         request = {"type": type, "key": key, "start": start_ns, "end": end_ns, "limit": limit}
         points: list[Point] = []
         while True:
-            reply = await self.request(subjects.history(node), encode(request))
+            reply = await self.request(subjects.scoped(self.scope, subjects.history(node)), encode(request))
             points += [point_from_wire(p) for p in reply["points"]]
             if reply.get("next") is None or len(points) >= limit:
                 return points
             request["after"] = reply["next"]
             request["limit"] = limit - len(points)
+
+    async def root(self) -> NodeInfo:
+        """The instance root; for a scoped client, its scope node (the top of what it may see)."""
+        if self.scope:
+            return await self.get_node(self.scope)
+        return await super().root()
 
     async def stats(self) -> dict[str, Any]:
         return await self.request(subjects.STATS, b"")

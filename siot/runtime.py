@@ -26,7 +26,11 @@ from siot.store import Store
 from siot.write_path import WritePath
 
 if TYPE_CHECKING:
+    import ssl
+
     from siot.app import ServeConfig
+    from siot.credentials import CredentialService
+    from siot.credfile import Credential
 
 
 @dataclass(slots=True)
@@ -46,6 +50,12 @@ class AppContext:
     api: Api
     # Roots of other instances' subtrees replicated here (edges synced up to this instance).
     downstream_roots: set[str] = field(default_factory=set)
+    # Device and edge credentials (siot/credentials.py); None in a bare test context.
+    credentials: CredentialService | None = None
+    # How the daemon itself reaches its own broker (the admin credential, the TLS context), for
+    # connections besides `nc` (the MQTT listener); None: open / plain.
+    admin: Credential | None = None
+    own_tls: ssl.SSLContext | None = None
 
     @property
     def instance_id(self) -> str:

@@ -40,3 +40,21 @@ def history(node: str) -> str:
 
 
 STATS = "siot.stats"
+
+
+# Scoped subjects (docs/security.md): `s.<scope>.` + any of the request subjects above. A device
+# or edge credential may publish `s.<its node>.>` and nothing of another scope (nats-server
+# enforces that), and siot serves a scoped request only for nodes at or under `<scope>`: so a
+# credential reaches its own subtree, whose members no static permission list could name.
+SCOPED = "s"
+
+
+def scoped(scope: str | None, subject: str) -> str:
+    """`subject` as a client confined to `scope` sends it (unchanged without a scope)."""
+    return f"{SCOPED}.{scope}.{subject}" if scope else subject
+
+
+def inbox_prefix(user: str) -> str:
+    """The reply inbox prefix of a credential's user: the only inbox its holder may subscribe
+    to, so no credential can read the replies meant for another."""
+    return f"_INBOX_{user}"

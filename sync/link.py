@@ -25,8 +25,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
+from siot import subjects
 from siot.client import Client
 from siot.codec import decode_reply, encode
+from siot.credfile import Credential, client_tls
 from siot.errors import RequestFailed, SiotError
 from siot.nats_client import TolerantClient
 from siot.store import ROOT_PARENT, Store, Write
@@ -78,6 +80,8 @@ class LinkConfig:
     node: str  # the sync node's id
     uri: str
     token: str = ""
+    credential: Credential | None = None  # an edge credential (user, secret; its node = our id)
+    tls_ca: str = ""  # CA (or certificate) to trust for a tls:// upstream
     parent: str = ""  # the upstream node to attach under; "" = the upstream's root
     window_rows: int = protocol.DEFAULT_WINDOW_ROWS
     window_bytes: int = protocol.DEFAULT_WINDOW_BYTES
@@ -184,9 +188,21 @@ class UpstreamLink:
             self._wake.set()
             logger.info("sync: reconnected to upstream %s", self.config.uri)
 
+        options: dict[str, Any] = {}
+        credential = self.config.credential
+        if credential is not None:
+            # Replies on the credential's own inbox prefix: the only one the upstream lets it read.
+            options.update(
+                user=credential.user,
+                password=credential.secret,
+                inbox_prefix=subjects.inbox_prefix(credential.user),
+            )
+        if self.config.tls_ca or self.config.uri.startswith("tls://"):
+            options["tls"] = client_tls(self.config.tls_ca or None)
         self._nc = TolerantClient()
         await self._nc.connect(
             self.config.uri,
+            **options,
             name=f"siot-sync-{self.edge_id}",
             token=self.config.token or None,
             max_reconnect_attempts=-1,  # for ever: nats-py's default gives up after 60 tries
@@ -260,6 +276,16 @@ class UpstreamLink:
     # ---- the loop ----
 
     async def _run(self) -> None:
+        credential = self.config.credential
+        if credential is not None and credential.node and credential.node != self.edge_id:
+            # The upstream would refuse every sync subject of ours as a permissions violation.
+            message = (
+                f"the upstream credential {credential.user} is for edge '{credential.node}', but this "
+                f"instance is '{self.edge_id}': start it with --id {credential.node}"
+            )
+            self.status.error(message)
+            logger.error("sync: %s", message)
+            return
         logger.info("sync: connecting to upstream %s", self.config.uri)
         while True:
             try:

@@ -97,7 +97,11 @@ class SyncServer:
         window_bytes: int = protocol.DEFAULT_WINDOW_BYTES,
         downstream_roots: set[str] | None = None,
         upstream_ids: Callable[[], set[str]] | None = None,
+        attach_parent: Callable[[str], str | None] | None = None,
     ) -> None:
+        """`attach_parent(edge)`: where the edge's credentials let it attach (None: it has none,
+        and its hello chooses; "" the root), so an edge credential cannot hang its edge under
+        some other part of the tree."""
         self.nc = nc
         # Shared with AppContext: attached edges' roots, whose subtrees local node clients leave alone.
         self.downstream_roots = downstream_roots if downstream_roots is not None else set()
@@ -107,6 +111,7 @@ class SyncServer:
         self.window_bytes = window_bytes
         # The upstreams this instance itself syncs to (ids that must never attach here as edges).
         self.upstream_ids = upstream_ids or set
+        self.attach_parent = attach_parent or (lambda _: None)
         self.peers: dict[str, PeerStatus] = {}
         # Nodes an edge's accepted edge rows brought in, per edge: a window may name a node that
         # a window before it creates and that is not committed yet (up to 4 are in flight), so
@@ -290,6 +295,14 @@ class SyncServer:
             parent = request.get("parent") or store.root_id
             if not isinstance(parent, str):
                 raise InvalidInput("'parent' must be a node id")
+            allowed = self.attach_parent(edge)
+            allowed = None if allowed is None else allowed or store.root_id
+            if allowed is not None and parent != allowed:
+                if request.get("parent"):
+                    raise InvalidInput(
+                        f"edge '{edge}' may attach only under '{allowed}' (its credential says so)"
+                    )
+                parent = allowed
             subjects.check_node_token(parent, what="parent id")
             if not tree.live_parents(parent):
                 raise UnknownNode(parent, f"no such parent in the tree of {store.instance_id}")

@@ -1,8 +1,11 @@
 """The sync node client started by every `siot serve`: the upstream-side server, one link per
 `sync` node under this instance's root, the `--upstream` flag, and `siot.sync.status`.
 
-A `sync` node (points `uri`, `authToken`, `parent`, `disabled`) configures an upstream at run
-time; `--upstream URL [--upstream-parent ID]` just creates or updates such a node on start.
+A `sync` node (points `uri`, `authToken`, `credentialFile`, `tlsCa`, `parent`, `disabled`)
+configures an upstream at run time; `--upstream URL [--upstream-parent ID]
+[--upstream-credential FILE] [--upstream-tls-ca FILE]` just creates or updates such a node on
+start. The edge credential's secret is never a point (points are logged, synced and exported):
+the node names the file that holds it, on this machine.
 Only sync nodes directly under our own root are acted on: an edge's sync node also reaches the
 upstream's tree (it is part of the edge's subtree), and the upstream must not follow it.
 """
@@ -13,6 +16,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +25,8 @@ from nats.aio.msg import Msg
 
 from siot.client import Change
 from siot.codec import encode
+from siot.credfile import CredentialFileError
+from siot.credfile import load as load_credential
 from siot.nodes.manager import ManagedConfig, NodeManager
 from siot.points import Point
 from siot.runtime import AppContext
@@ -57,6 +63,8 @@ class SyncNodeConfig(ManagedConfig):
 
     uri: str = ""  # empty while the node is being created: nothing to run yet
     authToken: str = ""
+    credentialFile: str = ""  # path of the edge credential {"user","secret"} on this machine
+    tlsCa: str = ""  # path of the CA (or certificate) to trust for a tls:// upstream
     windowRows: int = pydantic.Field(protocol.DEFAULT_WINDOW_ROWS, ge=1, le=protocol.MAX_WINDOW_ROWS)
     windowBytes: int = pydantic.Field(protocol.DEFAULT_WINDOW_BYTES, ge=1024, le=protocol.MAX_WINDOW_BYTES)
 
@@ -98,10 +106,13 @@ class SyncRunner:
         # The node manager fills `parent` with the node's tree parent when no `parent` point is set.
         parent = "" if cfg.parent in tree.parents.get(cfg.id, ()) else cfg.parent
         uri, token = split_token(cfg.uri)
+        credential = load_credential(cfg.credentialFile) if cfg.credentialFile else None
         return LinkConfig(
             node=cfg.id,
             uri=uri,
             token=cfg.authToken or token,
+            credential=credential,
+            tls_ca=cfg.tlsCa,
             parent=parent,
             window_rows=cfg.windowRows,
             window_bytes=cfg.windowBytes,
@@ -109,7 +120,13 @@ class SyncRunner:
         )
 
     async def start(self) -> None:
-        link_config = self._link_config()
+        try:
+            link_config = self._link_config()
+        except CredentialFileError as exc:
+            self.status.error(str(exc))
+            self.links[self.config.id] = self
+            logger.error("sync: node %s: %s", self.config.id, exc)
+            return
         if link_config is None or not link_config.uri:
             return
         if self.config.disabled:
@@ -146,9 +163,13 @@ async def apply_upstream_flag(ctx: AppContext) -> None:
     if not url:
         return
     uri, token = split_token(url)
-    wanted = {"uri": uri, "parent": ctx.config.upstream_parent or "", "disabled": False}
+    wanted: dict[str, Any] = {"uri": uri, "parent": ctx.config.upstream_parent or "", "disabled": False}
     if token:
         wanted["authToken"] = token
+    if ctx.config.upstream_credential:
+        wanted["credentialFile"] = str(Path(ctx.config.upstream_credential).resolve())
+    if ctx.config.upstream_tls_ca:
+        wanted["tlsCa"] = str(Path(ctx.config.upstream_tls_ca).resolve())
     root = ctx.store.root_id
     existing = await ctx.client.children(root, type=NODE_TYPE)
     if not existing:
@@ -175,7 +196,12 @@ async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
     async with (
         CursorBook(ctx.store) as book,
         SyncServer(
-            ctx.nc, ctx.store, book, downstream_roots=ctx.downstream_roots, upstream_ids=upstream_ids
+            ctx.nc,
+            ctx.store,
+            book,
+            downstream_roots=ctx.downstream_roots,
+            upstream_ids=upstream_ids,
+            attach_parent=lambda edge: ctx.credentials.edge_parent(edge) if ctx.credentials else None,
         ) as server,
     ):
         # Edges that attached before this start: the nodes of ours with a cursor (an upstream

@@ -231,7 +231,8 @@ def running(data_dir: Path, **options: Any) -> Iterator[SiotProcess]:
 @contextlib.asynccontextmanager
 async def connected(proc: SiotProcess) -> AsyncIterator[Client]:
     """A client of `proc` with its root loaded, closed when the block ends."""
-    client = await Client.connect(proc.url, reconnect_forever=False)
+    options = proc.client_options()
+    client = await Client.connect(options.pop("url"), reconnect_forever=False, **options)
     await client.load_root()
     try:
         yield client

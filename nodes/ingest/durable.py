@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from siot.credfile import Credential
 from siot.runtime import AppContext
 
 logger = logging.getLogger(__name__)
@@ -86,7 +88,9 @@ def stored_ns(msg: Msg) -> int:
     return (msg.metadata.timestamp - _EPOCH) // timedelta(microseconds=1) * 1_000
 
 
-def _mqtt_hello(host: str, port: int, token: str) -> bool:
+def _mqtt_hello(
+    host: str, port: int, token: str, admin: Credential | None = None, tls: ssl.SSLContext | None = None
+) -> bool:
     """Connect once to the MQTT listener and leave. nats-server creates an account's MQTT streams,
     `$MQTT_msgs` among them, when the first MQTT client of that account connects; before that
     there is nothing to put a consumer on, and the first device's QoS 1 messages would be
@@ -95,6 +99,10 @@ def _mqtt_hello(host: str, port: int, token: str) -> bool:
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"siot-hello-{secrets.token_hex(4)}")
     if token:
         client.username_pw_set("siot", token)  # nats-server takes the token as the password
+    elif admin is not None:
+        client.username_pw_set(admin.user, admin.secret)
+    if tls is not None:
+        client.tls_set_context(tls)
     client.on_connect = lambda *_: connected.set()
     try:
         client.connect(host, port, keepalive=10)
@@ -222,7 +230,8 @@ class DurableIntake:
         cfg = self.ctx.config
         if exists is False and cfg.mqtt_port and not cfg.nats_url:
             host = "127.0.0.1" if cfg.nats_host in ("", "0.0.0.0") else cfg.nats_host
-            if await asyncio.to_thread(_mqtt_hello, host, cfg.mqtt_port, cfg.auth_token):
+            hello = (host, cfg.mqtt_port, cfg.auth_token, self.ctx.admin, self.ctx.own_tls)
+            if await asyncio.to_thread(_mqtt_hello, *hello):
                 exists = await self._stream_exists()
         if exists is None:
             return Setup.FAILED
