@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -151,7 +152,7 @@ class App:
         )
         url = cfg.nats_url
         auth: dict[str, Any] = {"token": cfg.auth_token or None}
-        tls = TlsFiles(cfg.tls_cert, cfg.tls_key or "", cfg.tls_ca or "") if cfg.tls_cert else None
+        tls = tls_files(cfg)
         own_tls = credentials.own_tls(tls) if tls else None
         admin = admin_user = None
         if not url:
@@ -249,15 +250,29 @@ class App:
 
     async def _reload(self) -> None:
         assert self.broker is not None
+        context = self.context.own_tls if self.context else None
+        tls = self.broker.config.tls
         try:
+            if context is not None and tls is not None:
+                # The daemon pins the server's certificate: trust the new one too before nats-server
+                # serves it (it closes TLS connections on reload; ours reconnects to the new one).
+                context.load_verify_locations(tls.cert)
             await self.broker.reload()
-        except SiotError as exc:
+        except (SiotError, OSError, ssl.SSLError) as exc:
             logger.error("siot: reload failed: %s", exc)
             return
         logger.info("siot: reloaded nats-server's configuration and certificates")
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
+
+
+def tls_files(cfg: ServeConfig) -> TlsFiles | None:
+    """The TLS files as absolute paths: nats-server reads them again on every reload."""
+    if not cfg.tls_cert:
+        return None
+    absolute = [str(Path(p).resolve()) if p else "" for p in (cfg.tls_cert, cfg.tls_key, cfg.tls_ca)]
+    return TlsFiles(*absolute)
 
 
 _slow_consumer_log = LogBudget(burst=1, interval_s=10.0)

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 INITIAL_CONNECT_ATTEMPTS = 1
+CONNECT_DEADLINE_ATTEMPTS = 3  # the first connection gives up after this many connect timeouts
 DEFAULT_TIMEOUT_S = 10.0
 HISTORY_END_NS = 2**63 - 1
 
@@ -329,12 +330,31 @@ class Client(BaseClient):
         options.setdefault("error_cb", _log_connection_error)
         later_attempts = -1 if reconnect_forever else options.pop("max_reconnect_attempts", 60)
         options["max_reconnect_attempts"] = INITIAL_CONNECT_ATTEMPTS
+        # nats-py reports each failed attempt to error_cb; it is also the reason given when the
+        # attempts hang instead of failing (seen with a server certificate that does not verify).
+        failures: list[Exception] = []
+        connecting = True
+        report = options.get("error_cb", _log_connection_error)
+
+        async def on_error(exc: Exception) -> None:
+            if connecting:
+                failures.append(exc)
+            await report(exc)
+
+        options["error_cb"] = on_error
+        nc = nats_client.TolerantClient()
         try:
-            nc = await nats_client.connect(
-                url, name=name, token=token or None, connect_timeout=timeout_s, **options
-            )
+            async with asyncio.timeout(CONNECT_DEADLINE_ATTEMPTS * timeout_s + 1):
+                await nc.connect(url, name=name, token=token or None, connect_timeout=timeout_s, **options)
         except (OSError, NatsError, TimeoutError) as exc:
-            raise ConnectFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+            if isinstance(exc, TimeoutError):  # stop its attempts; a failed TLS upgrade's close hangs
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await nc.close()
+            reason = failures[-1] if failures and isinstance(exc, TimeoutError) else exc
+            raise ConnectFailed(f"cannot connect to {url}: {reason or type(reason).__name__}") from exc
+        connecting = False
+
         nc.options["max_reconnect_attempts"] = later_attempts  # read by nats-py at each reconnect
         return cls(nc, timeout_s=timeout_s, owns_connection=True, scope=scope)
 
