@@ -1,0 +1,178 @@
+// Who is logged in, and the tree index every page shares (ids, parents, types, descriptions of
+// the whole scope, from /v1/ui/tree), kept current from the change stream.
+import { expiresMs, get, saveSession, setToken, stream } from './api.js';
+import { isDeleted } from './util.js';
+
+function store(initial) {
+  let state = initial;
+  const listeners = new Set();
+  return {
+    get state() {
+      return state;
+    },
+    set(next) {
+      state = { ...state, ...next };
+      for (const fn of listeners) fn(state);
+    },
+    subscribe(fn) {
+      listeners.add(fn);
+      fn(state);
+      return () => listeners.delete(fn);
+    },
+  };
+}
+
+const sessionStore = store({ status: 'out', notice: '', me: null });
+let expiryTimer = null;
+
+export const Session = {
+  get state() {
+    return sessionStore.state;
+  },
+  subscribe: sessionStore.subscribe,
+  async start(session) {
+    setToken(session.token);
+    sessionStore.set({ status: 'loading', notice: '' });
+    clearTimeout(expiryTimer);
+    const left = expiresMs(session.expires) - Date.now();
+    if (left < 2 ** 31) expiryTimer = setTimeout(() => Session.expired(), Math.max(left, 0));
+    try {
+      const me = await get('/v1/ui/me');
+      sessionStore.set({ status: 'in', me });
+      Index.load();
+    } catch (err) {
+      if (err.status !== 401) sessionStore.set({ status: 'error', notice: `Cannot load your user: ${err.message}` });
+    }
+  },
+  end(notice) {
+    clearTimeout(expiryTimer);
+    saveSession(null);
+    setToken(null);
+    Index.reset();
+    sessionStore.set({ status: 'out', notice, me: null });
+  },
+  logout() {
+    Session.end('You are logged out.');
+  },
+  expired() {
+    if (sessionStore.state.status !== 'out') Session.end('Your session expired. Log in again.');
+    else sessionStore.set({ notice: 'Your session expired. Log in again.' });
+  },
+};
+
+// --- the tree index ---
+// nodes: id -> {id, type, description, edges: [{parent, deleted}]}; children: parent -> [ids]
+
+const indexStore = store({ loaded: false, error: '', version: 0, roots: [], nodes: new Map(), children: new Map() });
+let stopStream = null;
+
+function build(reply) {
+  const nodes = new Map();
+  const children = new Map();
+  for (const [id, parent, type, deleted, description] of reply.nodes) {
+    let n = nodes.get(id);
+    if (!n) nodes.set(id, (n = { id, type, description: description || '', edges: [] }));
+    n.edges.push({ parent, deleted: !!deleted });
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(id);
+  }
+  return { nodes, children };
+}
+
+function applyChange(change) {
+  const { nodes, children } = indexStore.state;
+  let changed = false;
+  if (change.parent) {
+    // An edge: created, deleted, undeleted (edge points nodeType and tombstone).
+    let n = nodes.get(change.node);
+    const typePoint = change.points.find((p) => p.type === 'nodeType');
+    const tomb = change.points.find((p) => p.type === 'tombstone');
+    if (!n && typePoint) {
+      nodes.set(change.node, (n = { id: change.node, type: typePoint.value, description: '', edges: [] }));
+    }
+    if (!n) return false;
+    let edge = n.edges.find((e) => e.parent === change.parent);
+    if (!edge) {
+      edge = { parent: change.parent, deleted: false };
+      n.edges.push(edge);
+      if (!children.has(change.parent)) children.set(change.parent, []);
+      children.get(change.parent).push(change.node);
+    }
+    if (tomb) edge.deleted = (tomb.value || 0) % 2 === 1;
+    changed = true;
+  } else {
+    const n = nodes.get(change.node);
+    const d = change.points.find((p) => p.type === 'description' && (p.key || '0') === '0');
+    if (n && d) {
+      n.description = isDeleted(d) ? '' : String(d.value ?? '');
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+let pending = false;
+function bump() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(() => {
+    pending = false;
+    indexStore.set({ version: indexStore.state.version + 1 });
+  });
+}
+
+// Listeners of every change under the user's scope (the tree's live values).
+const changeListeners = new Set();
+
+export const Index = {
+  get state() {
+    return indexStore.state;
+  },
+  subscribe: indexStore.subscribe,
+  onChange(fn) {
+    changeListeners.add(fn);
+    return () => changeListeners.delete(fn);
+  },
+  async load() {
+    try {
+      const reply = await get('/v1/ui/tree');
+      const { nodes, children } = build(reply);
+      indexStore.set({ loaded: true, error: '', roots: reply.roots, nodes, children, version: indexStore.state.version + 1 });
+      if (!stopStream) {
+        stopStream = stream(
+          undefined,
+          (change) => {
+            if (applyChange(change)) bump();
+            for (const fn of changeListeners) fn(change);
+          },
+          (s) => indexStore.set({ stream: s }),
+        );
+      }
+    } catch (err) {
+      indexStore.set({ error: err.message });
+    }
+  },
+  reset() {
+    if (stopStream) stopStream();
+    stopStream = null;
+    indexStore.set({ loaded: false, roots: [], nodes: new Map(), children: new Map() });
+  },
+  // Descriptions of the path from a scope root down to `id` (first parent found).
+  path(id) {
+    const { nodes, roots } = indexStore.state;
+    const out = [];
+    const seen = new Set();
+    let cur = nodes.get(id);
+    while (cur && !seen.has(cur.id)) {
+      seen.add(cur.id);
+      out.unshift(cur);
+      if (roots.includes(cur.id)) break;
+      const edge = cur.edges.find((e) => !e.deleted) || cur.edges[0];
+      cur = edge && nodes.get(edge.parent);
+    }
+    return out;
+  },
+  ofType(type) {
+    return [...indexStore.state.nodes.values()].filter((n) => n.type === type && n.edges.some((e) => !e.deleted));
+  },
+};
