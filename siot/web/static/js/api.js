@@ -65,6 +65,18 @@ function encode(body) {
   return json.replace(/"\\u0000float(\d+)\\u0000"/g, (_m, i) => floats[Number(i)]);
 }
 
+// JSON.parse that remembers which whole numbers were written as floats (30.0): a point's
+// `value` 30.0 and 30 are both 30 in JavaScript, so such a point gets `float: true` (where the
+// browser gives a reviver the source text), and editing it keeps it a float.
+export function parseJson(text) {
+  return JSON.parse(text, function (key, value, context) {
+    if (key === 'value' && typeof value === 'number' && Number.isInteger(value) && /[.eE]/.test(context?.source || '')) {
+      this.float = true;
+    }
+    return value;
+  });
+}
+
 function describe(status, data) {
   if (data && typeof data.error === 'string') return data.error;
   return {
@@ -90,7 +102,7 @@ export async function api(method, path, body, { auth = true } = {}) {
   const text = await response.text();
   let data = null;
   try {
-    data = text ? JSON.parse(text) : null;
+    data = text ? parseJson(text) : null;
   } catch {
     data = null;
   }
@@ -188,7 +200,7 @@ async function readEvents(body, emit) {
         if (data.length) {
           let parsed = null;
           try {
-            parsed = JSON.parse(data.join('\n'));
+            parsed = parseJson(data.join('\n'));
           } catch {
             parsed = null;
           }

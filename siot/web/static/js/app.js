@@ -73,7 +73,7 @@ function Header({ me, route }) {
     <nav aria-label="pages">
       ${link('tree', 'Tree', '#/')}
       ${link('rules', 'Rules')}
-      ${link('health', 'Sync & health')}
+      ${me.instanceWide && link('health', 'Sync & health')}
       ${me.role === 'admin' && link('users', 'Users')}
     </nav>
     <span class="who" title=${`${me.email} (${me.role})`}>${me.email} · ${me.role}</span>

@@ -23,7 +23,7 @@ export function typedValue(kind, raw) {
 
 // Edit one point (or add one: no `point`) with an input fitted to its kind.
 export function PointEditor({ nodeId, point, onDone }) {
-  const initialKind = point ? (kindOf(point.value) === 'nil' ? 'text' : kindOf(point.value)) : 'float';
+  const initialKind = !point ? 'float' : point.float ? 'float' : kindOf(point.value) === 'nil' ? 'text' : kindOf(point.value);
   const [kind, setKind] = useState(initialKind);
   const [type, setType] = useState(point?.type || '');
   const [key, setKey] = useState(point?.key && point.key !== '0' ? point.key : '');

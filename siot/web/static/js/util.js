@@ -100,7 +100,7 @@ export function mainValue(node) {
       if (v('disabled')) return { text: 'disabled' };
       return { text: v('active') ? 'active' : 'inactive', tone: v('active') ? 'on' : '', error: err };
     case 'user':
-      return { text: [v('email'), v('role')].filter(Boolean).join(' · ') };
+      return { text: v('role') || '' };
     case 'ingest':
     case 'archive':
     case 'db':
