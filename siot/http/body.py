@@ -27,11 +27,14 @@ async def json_body(request: web.Request) -> Any:
 
 def points_from_json(raw: Any, max_points: int) -> list[Point]:
     """Points given in a JSON body (a list of point maps, or one map): the NATS JSON payload's
-    rules (siot/codec.py `decode_points`): `time` in ns or RFC 3339, omitted or 0 = now."""
+    rules (siot/codec.py `decode_points`): `time` in ns or RFC 3339, omitted or 0 = now. An
+    empty list is no points (a node created without any)."""
     if isinstance(raw, dict):
         raw = [raw]
     if not isinstance(raw, list):
         raise bad_request(f"points must be an array of points, got {type(raw).__name__}")
+    if not raw:
+        return []
     check_batch_size(len(raw), max_points)
     points = []
     for index, item in enumerate(raw):

@@ -51,6 +51,10 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _listing(field: str, schema: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {field: {"type": "array", "items": _ref(schema)}}}
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
