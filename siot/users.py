@@ -20,9 +20,14 @@ changed password counts from the commit that stored it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import secrets
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from siot.errors import InvalidPoint
@@ -31,7 +36,10 @@ from siot.points import DEFAULT_KEY, Point, supersedes
 from siot.subjects import ROOT as ROOT_PARENT
 
 if TYPE_CHECKING:
+    from siot.runtime import AppContext
     from siot.store import Store, Write
+
+logger = logging.getLogger(__name__)
 
 USER_TYPE = "user"
 ROLES = ("view", "edit", "admin")
@@ -45,6 +53,11 @@ PASSWORD_HASH = "passwordHash"
 FIELDS = frozenset((EMAIL, FIRST_NAME, LAST_NAME, ROLE, PASSWORD_HASH))
 # A user node without a `role` point gets the least of them.
 DEFAULT_ROLE = "view"
+# The first start's admin (`bootstrap_admin`).
+ADMIN_EMAIL_ENV = "SIOT_ADMIN_EMAIL"
+ADMIN_PASSWORD_ENV = "SIOT_ADMIN_PASSWORD"
+DEFAULT_ADMIN_EMAIL = "admin"
+INITIAL_PASSWORD_FILE = "initial-admin-password"
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,3 +270,58 @@ def find_user_by_email(store: Store, email: str) -> User | None:
 def user_by_id(store: Store, node_id: str) -> User | None:
     """The user node `node_id`, or None if it is not a user or has no live edge. Synchronous."""
     return index_of(store).user(node_id)
+
+
+@contextlib.asynccontextmanager
+async def users_client(ctx: AppContext) -> AsyncIterator[None]:
+    """The node client of users (siot/node_clients.py): at start, `bootstrap_admin`."""
+    await bootstrap_admin(ctx)
+    yield
+
+
+async def bootstrap_admin(ctx: AppContext) -> str | None:
+    """On a start with no live user, create an admin under the instance root so the instance can
+    be managed at all; return its id (None when there were users).
+
+    Its email and password come from SIOT_ADMIN_EMAIL / SIOT_ADMIN_PASSWORD; without a password
+    a random one is made, logged once at WARNING (the one secret siot ever logs: whoever runs
+    the daemon needs it to get in) and written to `<data>/initial-admin-password` (mode 0600).
+    The password is written as a `password` point, so it is stored only as its hash. A later
+    start with a user does nothing, and an instance whose users were all deleted gets a new
+    admin at its next start, which is the way back in."""
+    if index_of(ctx.store).users():
+        return None
+    email = os.environ.get(ADMIN_EMAIL_ENV, "").strip() or DEFAULT_ADMIN_EMAIL
+    password = os.environ.get(ADMIN_PASSWORD_ENV, "")
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(18)
+    root = ctx.store.root_id
+    fields = {EMAIL: email, ROLE: "admin", FIRST_NAME: "Admin", PASSWORD: password}
+    node = await ctx.client.create_node(
+        root, USER_TYPE, [Point(ptype, value, origin=root) for ptype, value in fields.items()]
+    )
+    if generated:
+        path = Path(ctx.config.data_dir) / INITIAL_PASSWORD_FILE
+        _write_private(path, password + "\n")
+        logger.warning(
+            "users: created the admin user %r (%s) with the password %s (also in %s); "
+            "change it with `siot user passwd %s`",
+            email,
+            node,
+            password,
+            path,
+            email,
+        )
+    else:
+        logger.info("users: created the admin user %r (%s) from %s", email, node, ADMIN_PASSWORD_ENV)
+    return node
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read, created so from the start (no moment at
+    the umask's mode), replacing one a previous bootstrap left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # an existing file keeps its old mode through O_CREAT
+        f.write(text)

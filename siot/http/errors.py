@@ -4,8 +4,10 @@ request (unknown route, wrong method, body too large)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,9 +34,21 @@ def bad_request(message: str) -> HttpError:
     return HttpError(400, message)
 
 
+def to_json(body: object) -> str:
+    """JSON text of an answer; a bytes point value becomes a base64 string (as `siot ... --json`
+    prints it: JSON has no bytes)."""
+    return json.dumps(body, separators=JSON_SEPARATORS, default=_bytes_as_base64)
+
+
+def _bytes_as_base64(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=json.dumps(body, separators=JSON_SEPARATORS),
+        text=to_json(body),
         status=status,
         content_type="application/json",
         headers=headers,

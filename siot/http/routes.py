@@ -11,9 +11,16 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from siot.http import health
+from siot.http import auth, health, history, nodes, openapi, stream
 from siot.http.context import HttpContext
 
 RouteSetup = Callable[[web.Application, HttpContext], None]
 
-ROUTE_SETUPS: tuple[RouteSetup, ...] = (health.setup,)
+ROUTE_SETUPS: tuple[RouteSetup, ...] = (
+    health.setup,
+    auth.setup,
+    nodes.setup,
+    history.setup,
+    stream.setup,
+    openapi.setup,
+)

@@ -16,7 +16,12 @@ or a handler, registered last). A handler reaches the daemon through `request.ap
 (siot/http/context.py). What every route gets from the middlewares here:
 - errors: raise `HttpError(status, message)` (siot/http/errors.py) or let a `SiotError` of the
   write path through; the answer is `{"error": "..."}` with the status of DESIGN §9;
-- request bodies are limited to `HttpConfig.max_body_bytes` (413 past it).
+- request bodies are limited to `HttpConfig.max_body_bytes` (413 past it);
+- authentication: every route under `/v1/` needs a bearer token (401 without a valid one) except
+  handlers marked `@public`; `current_user(request)` is the caller (siot/http/auth.py). Routes
+  outside `/v1/` (`/healthz`, `/metrics`, the web UI's files) are public and check whatever
+  they need themselves;
+- scope and role checks are the handler's: siot/http/access.py.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from siot.errors import SiotError
+from siot.http.auth import auth_middleware
 from siot.http.context import HTTP, HttpConfig, HttpContext
 from siot.http.errors import error_middleware
 from siot.http.routes import ROUTE_SETUPS, RouteSetup
@@ -52,7 +58,9 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
 
     def _build(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=self.http.config.max_body_bytes)
+        app = web.Application(
+            middlewares=[error_middleware, auth_middleware], client_max_size=self.http.config.max_body_bytes
+        )
         app[HTTP] = self.http
         for setup in self.setups:
             setup(app, self.http)
