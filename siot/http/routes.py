@@ -13,6 +13,7 @@ from aiohttp import web
 
 from siot.http import auth, health, history, nodes, openapi, stream
 from siot.http.context import HttpContext
+from siot.web import routes as web_routes
 
 RouteSetup = Callable[[web.Application, HttpContext], None]
 
@@ -23,4 +24,5 @@ ROUTE_SETUPS: tuple[RouteSetup, ...] = (
     history.setup,
     stream.setup,
     openapi.setup,
+    web_routes.setup,  # the web UI (siot/web): its `/` and `/ui/...` files go last
 )
