@@ -333,3 +333,43 @@ async def test_first_load_weight_compression_and_caching(site: Site, browser: Br
         assert first.headers["Cache-Control"] == "no-cache"
         again = await http.get(site.base_url + "/", headers={"If-None-Match": etag})
         assert again.status == 304
+
+
+async def test_users_admin_and_health_pages(
+    site: Site, browser: Browser, client: Client, tmp_path: Path
+) -> None:
+    page = await new_page(browser)
+    await login(page, site.base_url, site.admin)
+    await page.get_by_role("link", name="Users").click()
+    await page.get_by_role("button", name="Add user").click()
+    form = page.get_by_role("form", name="Add a user")
+    await form.locator("#f-user-email").fill("operator@example.com")
+    await form.locator("#f-user-role").select_option("edit")
+    await form.locator("#f-user-password").fill("operator-pass-1")
+    await form.get_by_role("button", name="Add user").click()
+    row = page.locator("tr[data-user='operator@example.com']")
+    await row.wait_for(timeout=WAIT_MS)
+    await row.get_by_role("combobox").select_option("view")
+    await row.get_by_text("Role changed.").wait_for(timeout=WAIT_MS)
+    await screenshot(page, tmp_path, "users")
+    operator = Account("operator@example.com", "operator-pass-1", "view")
+    await row.get_by_role("button", name="Reset password").click()
+    await row.get_by_label("new password").fill("operator-pass-2")
+    await row.get_by_role("button", name="Set").click()
+    await row.get_by_text("Password reset.").wait_for(timeout=WAIT_MS)
+
+    # The new password works, the role is the one set.
+    other = await new_page(browser)
+    operator.password = "operator-pass-2"
+    await login(other, site.base_url, operator)
+    assert "operator@example.com · view" in await other.inner_text("header.top")
+
+    await row.get_by_role("button", name="Delete").click()
+    await row.get_by_role("button", name="Delete").click()  # confirm
+    await row.wait_for(state="detached", timeout=WAIT_MS)
+
+    await page.get_by_role("link", name="Sync & health").click()
+    await page.get_by_role("heading", name="Counters").wait_for(timeout=WAIT_MS)
+    assert "acceptedPoints" in await page.inner_text("table.counters")
+    await screenshot(page, tmp_path, "health")
+    assert not page.errors  # type: ignore[attr-defined]

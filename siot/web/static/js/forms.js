@@ -113,7 +113,7 @@ function MapInput({ rows = [], onChange, hint }) {
   </div>`;
 }
 
-function Field({ field, value, onChange, name }) {
+function Field({ field, value, onChange, name, values }) {
   const id = `f-${name}-${field.point}`;
   const common = { id, name: field.point, value: value ?? '', onInput: (e) => onChange(e.target.value) };
   let input;
@@ -121,10 +121,12 @@ function Field({ field, value, onChange, name }) {
     case 'bool':
       return html`<label class="check field"><input type="checkbox" name=${field.point} checked=${!!value}
         onChange=${(e) => onChange(e.target.checked)} /> ${field.label}</label>`;
-    case 'select':
+    case 'select': {
+      const options = typeof field.options === 'function' ? field.options(values) : field.options;
       input = html`<select ...${common} onChange=${(e) => onChange(e.target.value)}>
-        ${field.options.map((o) => html`<option value=${o}>${o}</option>`)}</select>`;
+        ${options.map((o) => html`<option value=${o}>${o}</option>`)}</select>`;
       break;
+    }
     case 'map':
       return html`<fieldset class="field"><legend>${field.label}</legend>
         <${MapInput} rows=${value} onChange=${onChange} hint=${field.hint} /></fieldset>`;
@@ -147,13 +149,25 @@ function defaults(fields) {
   return v;
 }
 
+// A select whose options depend on another field (a condition's operator on its value type)
+// keeps its value only while it is one of them.
+function fitOptions(fields, values) {
+  const next = { ...values };
+  for (const f of fields) {
+    if (typeof f.options !== 'function') continue;
+    const options = f.options(next);
+    if (!options.includes(next[f.point])) next[f.point] = options[0];
+  }
+  return next;
+}
+
 // The inputs of one node's points; `kindPoint` (conditionType, action, service) picks the fields.
 export function PointFields({ fields, values, setValues, kindPoint, name }) {
   const kind = kindPoint ? values[kindPoint] : undefined;
   return html`<div class="fields">${fields
     .filter((f) => fieldVisible(f, kind))
-    .map((f) => html`<${Field} key=${f.point} name=${name} field=${f} value=${values[f.point]}
-      onChange=${(v) => setValues({ ...values, [f.point]: v })} />`)}</div>`;
+    .map((f) => html`<${Field} key=${f.point} name=${name} field=${f} value=${values[f.point]} values=${values}
+      onChange=${(v) => setValues(fitOptions(fields, { ...values, [f.point]: v }))} />`)}</div>`;
 }
 
 // The value of a condition (text for text conditions) and of a notify action (a template) is text.

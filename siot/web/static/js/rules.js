@@ -40,6 +40,14 @@ function compare(valueType, op, v, ref) {
   return { '>': v > r, '>=': v >= r, '<': v < r, '<=': v <= r, '=': v === r, '!=': v !== r }[op] ?? false;
 }
 
+function actionText(a) {
+  const v = (t) => pointValue(a.points, t);
+  const target = Index.state.nodes.get(v('nodeID'))?.description;
+  if (v('action') === 'setValue') return `set ${v('pointType') || '?'} = ${formatValue(v('value'))}${target ? ` on ${target}` : ''}`;
+  if (v('action') === 'notify') return `notify ${target || 'every message service above'}`;
+  return v('action') || 'no action set';
+}
+
 export function RuleStatus({ rule, children }) {
   const [watched, setWatched] = useState({});
   const conditions = children.filter((c) => CONDITION_TYPES.includes(c.type) && !edgeDeleted(c));
@@ -70,7 +78,9 @@ export function RuleStatus({ rule, children }) {
     ${conditions.length === 0 ? html`<p class="muted">None: the rule is active while all of none are, which is never useful.</p>` : html`<ul class="conds">
       ${conditions.map((c) => {
         const s = conditionState(c, watched[pointValue(c.points, 'nodeID')]);
-        const op = [pointValue(c.points, 'pointType'), pointValue(c.points, 'operator'), formatValue(pointValue(c.points, 'value'))].filter((x) => x !== undefined && x !== '—').join(' ');
+        const target = Index.state.nodes.get(pointValue(c.points, 'nodeID'))?.description;
+        const op = [target, pointValue(c.points, 'pointType'), pointValue(c.points, 'operator'), formatValue(pointValue(c.points, 'value'))]
+          .filter((x) => x !== undefined && x !== '—').join(' ');
         return html`<li><span class=${`state ${s.on ? 'on' : ''}`}>${s.text}</span>
           <a href=${`#/node/${encodeURIComponent(c.id)}?parent=${encodeURIComponent(rule.id)}`}>${description(c) || pointValue(c.points, 'conditionType') || 'condition'}</a>
           <span class="muted">${op}${s.value !== undefined ? ` (now ${formatValue(s.value)})` : ''}</span>
@@ -82,7 +92,7 @@ export function RuleStatus({ rule, children }) {
         const run = lastRuns.find((p) => p.key === a.id);
         return html`<li><span class="badge">${a.type === 'action' ? 'when active' : 'when inactive'}</span>
           <a href=${`#/node/${encodeURIComponent(a.id)}?parent=${encodeURIComponent(rule.id)}`}>${description(a) || pointValue(a.points, 'action') || 'action'}</a>
-          <span class="muted">last run ${run ? `${formatTime(timeMs(run.value))} (${ago(timeMs(run.value))})` : 'never'}</span>
+          <span class="muted">${actionText(a)} · last run ${run ? `${formatTime(timeMs(run.value))} (${ago(timeMs(run.value))})` : 'never'}</span>
           ${pointValue(a.points, 'error') && html`<span class="error">${pointValue(a.points, 'error')}</span>`}</li>`;
       })}</ul>`}
     ${notes.length > 0 && html`<h3>Last notifications</h3><ul class="conds">${notes.map((n) => html`<li>

@@ -6,6 +6,12 @@
 const DESC = { point: 'description', label: 'Description', kind: 'text' };
 const DISABLED = { point: 'disabled', label: 'Disabled', kind: 'bool' };
 
+const OPERATORS = {
+  number: ['>', '>=', '<', '<=', '=', '!='],
+  onOff: ['on', 'off', '=', '!='],
+  text: ['=', '!=', 'contains'],
+};
+
 export const CONDITION_FIELDS = [
   DESC,
   { point: 'conditionType', label: 'Kind', kind: 'select', options: ['pointValue', 'schedule', 'offline', 'anomaly'], value: 'pointValue' },
@@ -13,7 +19,10 @@ export const CONDITION_FIELDS = [
   { point: 'pointType', label: 'Point type', kind: 'text', when: ['pointValue', 'anomaly'] },
   { point: 'pointKey', label: 'Point key', kind: 'text', when: ['pointValue', 'anomaly'] },
   { point: 'valueType', label: 'Value type', kind: 'select', options: ['number', 'onOff', 'text'], value: 'number', when: ['pointValue'] },
-  { point: 'operator', label: 'Operator', kind: 'select', options: ['>', '>=', '<', '<=', '=', '!=', 'on', 'off', 'contains'], value: '>', when: ['pointValue'] },
+  {
+    point: 'operator', label: 'Operator', kind: 'select', value: '>', when: ['pointValue'],
+    options: (values) => OPERATORS[values.valueType || 'number'],
+  },
   { point: 'value', label: 'Value', kind: 'auto', when: ['pointValue'] },
   { point: 'minActive', label: 'Hold before active (s)', kind: 'number', when: ['pointValue', 'offline', 'anomaly', 'schedule'] },
   { point: 'minInactive', label: 'Hold before inactive (s)', kind: 'number', when: ['pointValue', 'offline', 'anomaly', 'schedule'] },

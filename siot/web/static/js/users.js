@@ -6,7 +6,7 @@ import { createNode, deleteNode, getNode, sendPoints } from './api.js';
 import { NodePicker, PointFields } from './forms.js';
 import { Index } from './session.js';
 import { TYPES, formPoints } from './types.js';
-import { html, pointValue } from './util.js';
+import { debounce, html, pointValue } from './util.js';
 
 function UserRow({ user, me, onChanged }) {
   const [mode, setMode] = useState('');
@@ -68,7 +68,12 @@ export function UsersPage({ me }) {
     setUsers(loaded);
   }
   useEffect(() => {
-    if (index.loaded) load().catch((err) => setError(err.message));
+    if (!index.loaded) return undefined;
+    load().catch((err) => setError(err.message));
+    // A user is created in two commits (its edge, then its points): any change of a user node
+    // reloads the list, so a new user shows with its email.
+    const reload = debounce(() => load().catch(() => {}), 200);
+    return Index.onChange((change) => Index.state.nodes.get(change.node)?.type === 'user' && reload());
   }, [key, index.loaded]);
 
   async function add(e) {
