@@ -34,6 +34,7 @@ from siot.runtime import AppContext, NodeClient
 from siot.store import Store, StoreConfig
 from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES
 from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
+from siot.users import attach as attach_users
 from siot.write_path import WritePath
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class App:
         )
         self._stack.push_async_callback(wait_closed, nc)
         self.store = await self._stack.enter_async_context(store)
+        await attach_users(self.store)  # before the API and sync: no password escapes hashing
         write_path = WritePath(self.store)
         bus = ChangeBus()
         # The API's commit listener (acks, queued in the fan-out's order) runs before the
