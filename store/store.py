@@ -358,9 +358,11 @@ class Store:
         floor = self._last_stamp + STAMP_FLOOR_AHEAD_NS
         return floor, [Bookkeeping(SAVE_META, [(LAST_STAMP, str(floor))])]
 
-    def _check(self, write: Write, now_ns: int) -> None:
+    def _check(self, write: Write, now_ns: int) -> Rewrite | None:
         """Check one write against the tree as it stands after the writes before it, stamp its
-        times, and apply its edge changes to the tree. Raises `InvalidInput`."""
+        times, run its node type's check (`add_node_check`), and only then apply its edge changes
+        to the tree: a write refused here leaves the tree as the file has it. Returns the node
+        check's rewrite, if any. Raises `InvalidInput`."""
         rows = write.rows
         points = rows.points
         if any(p.time == 0 for p in points):
@@ -372,7 +374,7 @@ class Store:
         if not rows.parent:
             if not self.tree.has_node(rows.node):
                 raise UnknownNode(rows.node, "create it first with an edge write that has a nodeType")
-            return
+            return self._node_check(rows, self.tree.node_type(rows.node))
         parent, node = rows.parent, rows.node
         for index, p in enumerate(points):
             if p.type == NODE_TYPE and not (isinstance(p.value, str) and p.value):
@@ -395,16 +397,16 @@ class Store:
         becomes_live = not after.deleted and (current is None or current.deleted)
         if becomes_live and self.tree.would_cycle(parent, node):
             raise CycleRefused(f"edge '{parent}' -> '{node}' would make a cycle")
+        rewrite = self._node_check(rows, after.node_type)
         if current is None or after != current:
             self.tree.set_edge(parent, node, after)
+        return rewrite
 
-    def _node_check(self, write: Write) -> Rewrite | None:
-        """The check of the written node's type, if it has one (after `_check`, so an edge
-        written earlier in the same group already gave the node its type)."""
-        if not self._node_checks:
-            return None
-        check = self._node_checks.get(self.tree.node_type(write.rows.node))
-        return None if check is None else check(write.rows.node, write.rows.parent, write.rows.points)
+    def _node_check(self, rows: WriteRows, node_type: str | None) -> Rewrite | None:
+        """The check of the written node's type, if it has one: the type the tree gives the node
+        after the writes before this one (or, for an edge write, after this one)."""
+        check = self._node_checks.get(node_type) if self._node_checks and node_type else None
+        return None if check is None else check(rows.node, rows.parent, rows.points)
 
     async def _commit_loop(self) -> None:
         queue = self._queue
@@ -440,8 +442,7 @@ class Store:
             try:
                 # One stamp per write, in arrival order: two time-0 writes of the same point in
                 # one group would otherwise tie on (time, origin) and only the value would decide.
-                self._check(write, now_ns + offset)
-                rewrite = self._node_check(write)
+                rewrite = self._check(write, now_ns + offset)
             except InvalidInput as exc:
                 write.error = exc
             else:
