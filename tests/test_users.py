@@ -181,6 +181,20 @@ async def test_rows_from_a_sync_peer_are_hashed_too(tmp_path: Path) -> None:
     assert files_holding(tmp_path, ["sync-Secret-1"]) == []
 
 
+async def test_a_refused_edge_write_leaves_no_node_behind(tmp_path: Path) -> None:
+    """A user node created with its password as an edge point is refused whole: the tree (which
+    the store updates as it checks each write) does not keep the edge the file never got."""
+    async with Store(StoreConfig(path=str(tmp_path / "siot.db"), instance_id="here")) as store:
+        await attach(store)
+        with pytest.raises(InvalidInput, match="password"):
+            await store.submit(
+                "u1", [Point("nodeType", USER_TYPE), Point("password", "edge-Secret-1")], parent="here"
+            )
+        assert not store.tree.has_node("u1")
+        await store.submit("u1", [Point("nodeType", USER_TYPE)], parent="here")  # and it can be made
+        assert store.tree.node_type("u1") == USER_TYPE
+
+
 async def test_sync_ships_only_the_hash(tmp_path: Path) -> None:
     cloud = await start(SiotProcess(data_dir=tmp_path / "cloud", instance_id="cloud"))
     edge = await start(

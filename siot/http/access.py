@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from siot.http.errors import HttpError
 from siot.points import Point
-from siot.store import Store
+from siot.store import ROOT_PARENT, Store
 from siot.users import USER_TYPE, User
 
 READ, EDIT, ADMIN = "view", "edit", "admin"
@@ -84,6 +84,8 @@ class Access:
         """Creating, deleting or moving the edge parent -> node: `edit` with the parent in scope
         (so the node is too, and a user cannot cut its own scope's root off); `admin` when the
         node is (or becomes) a user."""
+        if parent == ROOT_PARENT:
+            raise HttpError(400, f"the instance root hangs under '{ROOT_PARENT}' and stays there")
         self.check_read(parent)
         if self._is_user_node(node) or node_type == USER_TYPE:
             self._check_role(ADMIN, "managing users")
