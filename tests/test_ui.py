@@ -8,7 +8,7 @@ import asyncio
 import csv
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,8 +368,85 @@ async def test_users_admin_and_health_pages(
     await row.get_by_role("button", name="Delete").click()  # confirm
     await row.wait_for(state="detached", timeout=WAIT_MS)
 
+    # An upstream that does not answer: the peer shows with its state and its last error.
+    dead = f"nats://127.0.0.1:{free_port()}"
+    sync = await client.create_node(site.root, "sync", [Point("description", "cloud"), Point("uri", dead)])
     await page.get_by_role("link", name="Sync & health").click()
     await page.get_by_role("heading", name="Counters").wait_for(timeout=WAIT_MS)
     assert "acceptedPoints" in await page.inner_text("table.counters")
+    peer = page.locator("table.peers tr", has_text="cloud")
+    await peer.get_by_text("Connection refused").wait_for(timeout=WAIT_MS)
+    assert "connecting" in await peer.inner_text()
     await screenshot(page, tmp_path, "health")
+    await client.delete_node(sync, site.root)
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_delete_undelete_move_and_mirror(site: Site, browser: Browser, client: Client) -> None:
+    device = await client.create_node(site.group, "device", [Point("description", "pump 7")])
+    other = await client.create_node(site.root, "group", [Point("description", "pump house")])
+    page = await new_page(browser)
+    await login(page, site.base_url, site.admin)
+    await page.goto(node_url(site, device, site.group))
+    await page.get_by_role("button", name="Delete", exact=True).click()
+    await page.get_by_role("alertdialog").get_by_role("button", name="Delete").click()
+    await until(lambda: parents(client, device, deleted=True))
+
+    # Deleted nodes show in the tree behind the toggle, with Undelete.
+    await page.goto(site.base_url + "/#/")
+    await page.get_by_role("searchbox", name="Search nodes").fill("pump 7")
+    await page.wait_for_selector("text=0 found", timeout=WAIT_MS)
+    await page.get_by_label("Show deleted").check()
+    row = page.get_by_role("treeitem").filter(has_text="pump 7")
+    await row.get_by_role("button", name="Undelete").click()
+    await until(lambda: parents(client, device))
+
+    await page.goto(node_url(site, device, site.group))
+    await page.get_by_role("button", name="Mirror", exact=True).click()
+    await page.get_by_role("searchbox").last.fill("pump house")
+    await page.get_by_role("button", name="pump house group").click()
+    await page.get_by_role("button", name="Mirror", exact=True).last.click()
+    await until(lambda: _has(parents(client, device), {site.group, other}))
+
+    await page.goto(node_url(site, device, other))
+    await page.get_by_role("button", name="Move", exact=True).click()
+    await page.get_by_role("searchbox").last.fill("greenhouse 1")
+    await page.get_by_role("button", name="greenhouse 1 group").click()
+    await page.get_by_role("button", name="Move", exact=True).last.click()
+    greenhouse1 = next(n.id for n in await client.children(site.root) if n.description == "greenhouse 1")
+    await until(lambda: _has(parents(client, device), {site.group, greenhouse1}))
+    assert other not in await parents(client, device)
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+async def parents(client: Client, node: str, *, deleted: bool = False) -> set[str]:
+    """The node's parents over live edges, or over deleted ones."""
+    return {n.parent for n in await client.nodes("all", node, deleted=True) if n.deleted == deleted}
+
+
+async def _has(found: Awaitable[set[str]], expected: set[str]) -> bool:
+    return await found == expected
+
+
+async def test_change_own_password_and_several_points_on_one_chart(
+    site: Site, browser: Browser, client: Client
+) -> None:
+    account = await add_user(client, site.group, Account("grower@example.com", "grower-pass-1", "view"))
+    page = await new_page(browser)
+    await login(page, site.base_url, account)
+    await page.get_by_role("link", name="grower@example.com · view").click()
+    form = page.get_by_role("form", name="Change your password")
+    await form.get_by_label("New password").fill("grower-pass-2")
+    await form.get_by_label("Again").fill("grower-pass-2")
+    await form.get_by_role("button", name="Change password").click()
+    await form.get_by_text("Password changed.").wait_for(timeout=WAIT_MS)
+    account.password = "grower-pass-2"
+    await page.reload()  # the new token was kept
+    await page.wait_for_selector("header.top", timeout=WAIT_MS)
+
+    await page.goto(f"{site.base_url}/#/chart/{site.device}?p=temp:0,humidity:0&r=24h")
+    await page.locator(".chart canvas").wait_for(timeout=WAIT_MS)
+    legend = page.locator(".chart .u-legend")
+    assert "temp (mean)" in await legend.inner_text()
+    assert "humidity (mean)" in await legend.inner_text()
     assert not page.errors  # type: ignore[attr-defined]

@@ -100,7 +100,9 @@ async def tree(request: web.Request) -> web.Response:
         [node, parent, node_type, int(deleted), _text(described.get(node))]
         for node, parent, node_type, deleted in edges
     ]
-    return json_response({"roots": roots, "nodes": nodes})
+    response = json_response({"roots": roots, "nodes": nodes})
+    response.enable_compression()  # ~100 bytes a node: 5,000 nodes are 500 KB, ~60 KB gzipped
+    return response
 
 
 def _text(value: object) -> str:

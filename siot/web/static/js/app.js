@@ -1,14 +1,14 @@
 // The web UI's shell: login, the session, the header, and the hash router.
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { ApiError, api, expiresMs, loadSession, onExpired, saveSession, setToken } from './api.js';
+import { ApiError, expiresMs, loadSession, onExpired } from './api.js';
 import { ChartPage } from './chart.js';
 import { HealthPage } from './health.js';
 import { NodePage } from './node.js';
 import { RulesPage } from './rules.js';
 import { Session } from './session.js';
 import { TreePage } from './tree.js';
-import { UsersPage } from './users.js';
+import { MePage, UsersPage } from './users.js';
 import { html } from './util.js';
 
 function parseRoute(hash) {
@@ -38,10 +38,7 @@ function Login({ notice }) {
     setBusy(true);
     setError('');
     try {
-      const reply = await api('POST', '/v1/auth', { email, password }, { auth: false });
-      setToken(reply.token);
-      saveSession({ token: reply.token, expires: reply.expires, email });
-      Session.start(loadSession());
+      await Session.login(email, password);
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) setError('Wrong email or password.');
       else if (err instanceof ApiError && err.status === 429) setError(`Too many attempts: ${err.message}`);
@@ -76,7 +73,7 @@ function Header({ me, route }) {
       ${me.instanceWide && link('health', 'Sync & health')}
       ${me.role === 'admin' && link('users', 'Users')}
     </nav>
-    <span class="who" title=${`${me.email} (${me.role})`}>${me.email} · ${me.role}</span>
+    <a class="who" href="#/me" title=${`${me.email} (${me.role}): your account`}>${me.email} · ${me.role}</a>
     <button class="ghost" onClick=${() => Session.logout()}>Log out</button>
   </header>`;
 }
@@ -91,6 +88,8 @@ function Page({ me, route }) {
       return html`<${RulesPage} me=${me} />`;
     case 'health':
       return html`<${HealthPage} me=${me} />`;
+    case 'me':
+      return html`<${MePage} me=${me} />`;
     case 'users':
       return me.role === 'admin' ? html`<${UsersPage} me=${me} />` : html`<p class="error">Only an admin manages users.</p>`;
     default:

@@ -7,6 +7,12 @@ import { ago, formatTime, html, timeMs } from './util.js';
 
 const REFRESH_MS = 5000;
 
+// A peer by the name of its sync node (an upstream) or its root node (an edge), else its id.
+function peerName(p) {
+  const named = Index.state.nodes.get(p.node)?.description || Index.state.nodes.get(p.peer)?.description;
+  return named || p.peer || 'upstream (not reached yet)';
+}
+
 function Peers({ sync }) {
   const peers = sync?.peers || [];
   if (!peers.length) return html`<p class="muted">No sync peers: this instance has no upstream and no edge has attached.</p>`;
@@ -14,7 +20,7 @@ function Peers({ sync }) {
     <thead><tr><th scope="col">Peer</th><th scope="col">Role</th><th scope="col">State</th><th scope="col">Lag (rows)</th>
       <th scope="col">Cursors out / in</th><th scope="col">Last sync</th><th scope="col">Digest</th><th scope="col">Last error</th></tr></thead>
     <tbody>${peers.map((p) => html`<tr>
-      <th scope="row" class="mono">${Index.state.nodes.get(p.peer)?.description || p.peer}<br /><span class="muted small-text">${p.uri || ''}</span></th>
+      <th scope="row">${peerName(p)}<br /><span class="muted small-text mono">${p.uri || p.peer}</span></th>
       <td>${p.role}</td>
       <td><span class=${`state ${p.state === 'connected' ? 'on' : p.state === 'disabled' ? '' : 'bad'}`}>${p.state}</span></td>
       <td class="num">${p.backlog ?? '—'}</td>

@@ -1,6 +1,6 @@
 // Who is logged in, and the tree index every page shares (ids, parents, types, descriptions of
 // the whole scope, from /v1/ui/tree), kept current from the change stream.
-import { expiresMs, get, saveSession, setToken, stream } from './api.js';
+import { api, expiresMs, get, saveSession, sendPoints, setToken, stream } from './api.js';
 import { isDeleted } from './util.js';
 
 function store(initial) {
@@ -24,22 +24,42 @@ function store(initial) {
 
 const sessionStore = store({ status: 'out', notice: '', me: null });
 let expiryTimer = null;
+// While the user changes its own password: the change revokes the token in use, so a request
+// refused meanwhile is not an expiry (a new token follows at once).
+let renewing = false;
 
 export const Session = {
   get state() {
     return sessionStore.state;
   },
   subscribe: sessionStore.subscribe,
+  // Log in: a token for these credentials, kept in localStorage, then the session starts.
+  async login(email, password) {
+    const reply = await api('POST', '/v1/auth', { email, password }, { auth: false });
+    const session = { token: reply.token, expires: reply.expires, email };
+    setToken(reply.token);
+    saveSession(session);
+    await Session.start(session);
+  },
+  async changePassword(me, password) {
+    renewing = true;
+    try {
+      await sendPoints(me.id, [{ type: 'password', value: password }]);
+      await Session.login(me.email, password);
+    } finally {
+      renewing = false;
+    }
+  },
   async start(session) {
     setToken(session.token);
-    sessionStore.set({ status: 'loading', notice: '' });
+    if (sessionStore.state.status !== 'in') sessionStore.set({ status: 'loading', notice: '' });
     clearTimeout(expiryTimer);
     const left = expiresMs(session.expires) - Date.now();
     if (left < 2 ** 31) expiryTimer = setTimeout(() => Session.expired(), Math.max(left, 0));
     try {
       const me = await get('/v1/ui/me');
       sessionStore.set({ status: 'in', me });
-      Index.load();
+      if (!Index.state.loaded) Index.load();
     } catch (err) {
       if (err.status !== 401) sessionStore.set({ status: 'error', notice: `Cannot load your user: ${err.message}` });
     }
@@ -55,6 +75,7 @@ export const Session = {
     Session.end('You are logged out.');
   },
   expired() {
+    if (renewing) return;
     if (sessionStore.state.status !== 'out') Session.end('Your session expired. Log in again.');
     else sessionStore.set({ notice: 'Your session expired. Log in again.' });
   },

@@ -1,10 +1,10 @@
 // Users (admin): list the users of the admin's scope, add one, change a role, reset a password,
 // delete. Users are `user` nodes (DESIGN §10); the password is sent as a `password` point, which
 // the server hashes before anything stores it.
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { createNode, deleteNode, getNode, sendPoints } from './api.js';
 import { NodePicker, PointFields } from './forms.js';
-import { Index } from './session.js';
+import { Index, Session } from './session.js';
 import { TYPES, formPoints } from './types.js';
 import { debounce, html, pointValue } from './util.js';
 
@@ -58,14 +58,17 @@ export function UsersPage({ me }) {
   const entries = index.loaded ? Index.ofType('user') : [];
   const key = entries.map((n) => n.id).join(',');
 
+  // The users as the index has them now; an answer overtaken by a later load is dropped.
+  const loads = useRef(0);
   async function load() {
-    const loaded = await Promise.all(entries.map(async (n) => {
+    const seq = ++loads.current;
+    const loaded = await Promise.all(Index.ofType('user').map(async (n) => {
       const parentId = n.edges.find((e) => !e.deleted)?.parent;
       const node = await getNode(n.id, parentId);
       return { ...node, parent: parentId };
     }));
     loaded.sort((a, b) => String(pointValue(a.points, 'email')).localeCompare(String(pointValue(b.points, 'email'))));
-    setUsers(loaded);
+    if (seq === loads.current) setUsers(loaded);
   }
   useEffect(() => {
     if (!index.loaded) return undefined;
@@ -106,5 +109,37 @@ export function UsersPage({ me }) {
       <thead><tr><th scope="col">User</th><th scope="col">Role</th><th scope="col">Scope</th><th scope="col"><span class="sr-only">actions</span></th></tr></thead>
       <tbody>${users.map((u) => html`<${UserRow} key=${u.id} user=${u} me=${me} onChanged=${() => load().catch(() => {})} />`)}</tbody>
     </table></div>`}
+  </section>`;
+}
+
+// Any user: who am I, and a new password (allowed on one's own user node whatever the role).
+// Changing it revokes every token issued before, this one too: log in again with the new one.
+export function MePage({ me }) {
+  const [password, setPassword] = useState('');
+  const [again, setAgain] = useState('');
+  const [message, setMessage] = useState('');
+  async function change(e) {
+    e.preventDefault();
+    setMessage('');
+    if (password !== again) return setMessage('Error: the two passwords differ.');
+    try {
+      await Session.changePassword(me, password);
+      setPassword('');
+      setAgain('');
+      setMessage('Password changed.');
+    } catch (err) {
+      setMessage(`Error: ${err.message}`);
+    }
+  }
+  return html`<section class="me-page">
+    <h1>${me.email}</h1>
+    <p>Role <strong>${me.role}</strong> · sees ${me.scopes.map((id) => Index.state.nodes.get(id)?.description || id).join(', ')} and everything below.</p>
+    <form class="card narrow" onSubmit=${change} aria-label="Change your password">
+      <h2>Change your password</h2>
+      <label>New password<input type="password" autocomplete="new-password" required value=${password} onInput=${(e) => setPassword(e.target.value)} /></label>
+      <label>Again<input type="password" autocomplete="new-password" required value=${again} onInput=${(e) => setAgain(e.target.value)} /></label>
+      <div class="buttons"><button class="primary" type="submit">Change password</button></div>
+      ${message && html`<p class=${message.startsWith('Error') ? 'error' : 'ok'} role="status">${message}</p>`}
+    </form>
   </section>`;
 }
