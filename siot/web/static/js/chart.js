@@ -132,7 +132,13 @@ export function ChartPage({ id, query }) {
       };
       series.forEach(([type, key], i) => {
         const name = key === '0' ? type : `${type}[${key}]`;
-        opts.series.push({ label: `${name} (mean)`, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false, points: { show: false } });
+        // A series of a few buckets (a point written rarely) is drawn as dots too, or a lone
+        // value would not show at all.
+        const sparse = buckets[i].length < 60;
+        opts.series.push({
+          label: `${name} (mean)`, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: sparse,
+          points: { show: sparse, size: 6, fill: COLORS[i % COLORS.length] },
+        });
         if (withBand) {
           opts.series.push({ label: 'min', stroke: 'transparent', points: { show: false } });
           opts.series.push({ label: 'max', stroke: 'transparent', points: { show: false } });

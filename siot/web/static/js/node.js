@@ -188,10 +188,15 @@ function PointsTable({ nodeId, points, editable, selected, setSelected, chartHre
     })}</tbody></table></div>`;
 }
 
+// A long list shows its first CHILDREN_SHOWN until asked for all (the tree shows any number).
+const CHILDREN_SHOWN = 200;
+
 function Children({ parent, children }) {
+  const [all, setAll] = useState(false);
   if (!children.length) return html`<p class="muted">No children.</p>`;
   const sorted = children.slice().sort((a, b) => (label(a).toLowerCase() < label(b).toLowerCase() ? -1 : 1));
-  return html`<ul class="children">${sorted.map((c) => {
+  const shown = all ? sorted : sorted.slice(0, CHILDREN_SHOWN);
+  return html`<ul class="children">${shown.map((c) => {
     const v = mainValue(c);
     return html`<li class=${edgeDeleted(c) ? 'deleted' : ''}>
       <a href=${`#/node/${encodeURIComponent(c.id)}?parent=${encodeURIComponent(parent)}`}>${description(c) || c.id}</a>
@@ -200,5 +205,6 @@ function Children({ parent, children }) {
       ${v?.error && html`<span class="err-dot" title=${v.error}>!</span>`}
       ${edgeDeleted(c) && html`<span class="badge warn">deleted</span>`}
     </li>`;
-  })}</ul>`;
+  })}</ul>
+  ${shown.length < sorted.length && html`<p><button onClick=${() => setAll(true)}>Show all ${sorted.length} children</button></p>`}`;
 }

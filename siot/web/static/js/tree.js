@@ -45,17 +45,26 @@ function flatten(index, expanded, showDeleted) {
 
 const edgeOf = (nodes, id, parent) => nodes.get(id)?.edges.find((e) => e.parent === parent);
 
-function loadPointsFor(rows, showDeleted, rerender) {
+// Children of a parent with more than this are read one by one as they come into view, not
+// all at once (5,000 children with their points are megabytes).
+const WHOLE_PARENT_MAX = 200;
+
+function loadPointsFor(rows, index, showDeleted, rerender) {
   const parents = new Set();
   for (const r of rows) {
-    if (r.parent && !loadedParents.has(r.parent)) parents.add(r.parent);
-    if (!r.parent && !points.has(r.id) && !loading.has(r.id)) {
-      loading.add(r.id);
-      getNode(r.id).then((n) => {
+    if (points.has(r.id) || loading.has(r.id)) continue;
+    if (r.parent && !loadedParents.has(r.parent) && (index.children.get(r.parent)?.length || 0) <= WHOLE_PARENT_MAX) {
+      parents.add(r.parent);
+      continue;
+    }
+    loading.add(r.id);
+    getNode(r.id, r.parent || undefined)
+      .then((n) => {
         points.set(r.id, n.points);
         rerender();
-      }).catch(() => {}).finally(() => loading.delete(r.id));
-    }
+      })
+      .catch(() => {})
+      .finally(() => loading.delete(r.id));
   }
   for (const p of parents) {
     if (loading.has(`children:${p}`)) continue;
@@ -138,7 +147,11 @@ export function TreePage({ me }) {
   const first = Math.max(0, Math.floor(scrollTop / ROW_PX) - OVERSCAN);
   const last = Math.min(rows.length, Math.ceil((scrollTop + height) / ROW_PX) + OVERSCAN);
   const shown = rows.slice(first, last);
-  useEffect(() => loadPointsFor(shown, showDeleted, rerender), [first, last, rows, showDeleted]);
+  // Values are read once the view stays put a moment (not for every row scrolled past).
+  useEffect(() => {
+    const t = setTimeout(() => loadPointsFor(shown, index, showDeleted, rerender), 120);
+    return () => clearTimeout(t);
+  }, [first, last, rows, showDeleted]);
 
   function toggle(row) {
     const next = new Set(expanded);
