@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright
+from rules_support import webhook_server
 from support import SiotProcess, free_port
 from ui_support import (
     DESKTOP,
@@ -449,4 +450,43 @@ async def test_change_own_password_and_several_points_on_one_chart(
     legend = page.locator(".chart .u-legend")
     assert "temp (mean)" in await legend.inner_text()
     assert "humidity (mean)" in await legend.inner_text()
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_notification_log_is_a_table(
+    site: Site, browser: Browser, client: Client, tmp_path: Path
+) -> None:
+    with webhook_server() as (hook, url):
+        room = await client.create_node(site.root, "group", [Point("description", "tank room")])
+        service = [Point("description", "ops webhook"), Point("service", "webhook"), Point("url", url)]
+        webhook = await client.create_node(room, "msgService", service)
+        tank = await client.create_node(room, "device", [Point("description", "tank"), Point("level", 10.0)])
+        rule = await client.create_node(room, "rule", [Point("description", "tank low")])
+        condition = [
+            Point("nodeID", tank),
+            Point("pointType", "level"),
+            Point("operator", "<"),
+            Point("value", 5),
+        ]
+        await client.create_node(rule, "condition", condition)
+        action = [
+            Point("action", "notify"),
+            Point("nodeID", webhook),
+            Point("value", "{node} is low: {value}"),
+        ]
+        await client.create_node(rule, "action", action)
+        await client.send_points(tank, [Point("level", 3.0)])
+        _headers, body = await hook.get()
+        assert body["ruleDescription"] == "tank low"
+
+    page = await new_page(browser)
+    await login(page, site.base_url, site.admin)
+    await page.get_by_role("link", name="Rules").click()
+    row = page.locator("table.log tbody tr", has_text="tank low")
+    await row.wait_for(timeout=WAIT_MS)
+    text = await row.inner_text()
+    assert "webhook" in text and "sent" in text and "is low: 3" in text
+    card = page.locator("article.rule", has_text="tank low")
+    assert "notify ops webhook" in await card.inner_text()
+    await screenshot(page, tmp_path, "notifications")
     assert not page.errors  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 // The web UI's shell: login, the session, the header, and the hash router.
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { ApiError, expiresMs, loadSession, onExpired } from './api.js';
+import { ApiError, expiresMs, loadSession } from './api.js';
 import { ChartPage } from './chart.js';
 import { HealthPage } from './health.js';
 import { NodePage } from './node.js';
@@ -101,7 +101,6 @@ function App() {
   const [state, setState] = useState(Session.state);
   const route = useRoute();
   useEffect(() => Session.subscribe(setState), []);
-  useEffect(() => onExpired(() => Session.expired()), []);
 
   if (state.status === 'out') return html`<${Login} notice=${state.notice} />`;
   if (state.status === 'loading') return html`<p class="loading">Loading…</p>`;

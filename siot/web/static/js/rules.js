@@ -40,6 +40,9 @@ function compare(valueType, op, v, ref) {
   return { '>': v > r, '>=': v >= r, '<': v < r, '<=': v <= r, '=': v === r, '!=': v !== r }[op] ?? false;
 }
 
+// A msgService by its description (notification points name it by id).
+const serviceName = (id) => Index.state.nodes.get(id)?.description || id || '';
+
 function actionText(a) {
   const v = (t) => pointValue(a.points, t);
   const target = Index.state.nodes.get(v('nodeID'))?.description;
@@ -97,7 +100,7 @@ export function RuleStatus({ rule, children }) {
       })}</ul>`}
     ${notes.length > 0 && html`<h3>Last notifications</h3><ul class="conds">${notes.map((n) => html`<li>
       <span class=${`state ${n.value?.ok ? 'on' : 'bad'}`}>${n.value?.ok ? 'sent' : 'failed'}</span>
-      ${formatTime(timeMs(n.time))} · ${n.value?.service || ''} ${n.value?.to ? `to ${[].concat(n.value.to).join(', ')}` : ''}
+      ${formatTime(timeMs(n.time))} · ${serviceName(n.value?.service || n.key)} ${n.value?.to ? `to ${[].concat(n.value.to).join(', ')}` : ''}
       <span class="muted">${n.value?.message || n.value?.error || ''}</span></li>`)}</ul>`}
   </div>`;
 }
@@ -179,7 +182,7 @@ export function RulesPage() {
         <tbody>${log.map((e) => html`<tr>
           <td class="nowrap">${formatTime(timeMs(e.time))}</td>
           <td><a href=${`#/node/${encodeURIComponent(e.rule)}`}>${Index.state.nodes.get(e.rule)?.description || e.rule}</a></td>
-          <td>${e.value?.service || ''}</td><td>${e.value?.kind || ''}</td>
+          <td>${serviceName(e.value?.service || e.key)}</td><td>${e.value?.kind || ''}</td>
           <td>${e.value?.to ? [].concat(e.value.to).join(', ') : ''}</td>
           <td class=${e.value?.ok ? 'ok' : 'error'}>${e.value?.ok ? 'sent' : `failed${e.value?.attempts ? ` after ${e.value.attempts} tries` : ''}`}</td>
           <td>${e.value?.message || e.value?.error || ''}</td></tr>`)}</tbody></table></div>`}

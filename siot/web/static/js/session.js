@@ -1,6 +1,6 @@
 // Who is logged in, and the tree index every page shares (ids, parents, types, descriptions of
 // the whole scope, from /v1/ui/tree), kept current from the change stream.
-import { api, expiresMs, get, saveSession, sendPoints, setToken, stream } from './api.js';
+import { api, expiresMs, get, onExpired, saveSession, sendPoints, setToken, stream } from './api.js';
 import { isDeleted } from './util.js';
 
 function store(initial) {
@@ -61,7 +61,8 @@ export const Session = {
       sessionStore.set({ status: 'in', me });
       if (!Index.state.loaded) Index.load();
     } catch (err) {
-      if (err.status !== 401) sessionStore.set({ status: 'error', notice: `Cannot load your user: ${err.message}` });
+      if (err.status === 401) Session.expired();
+      else sessionStore.set({ status: 'error', notice: `Cannot load your user: ${err.message}` });
     }
   },
   end(notice) {
@@ -80,6 +81,9 @@ export const Session = {
     else sessionStore.set({ notice: 'Your session expired. Log in again.' });
   },
 };
+
+// Any request the server refuses for the token (expired, revoked, forged) ends the session.
+onExpired(() => Session.expired());
 
 // --- the tree index ---
 // nodes: id -> {id, type, description, edges: [{parent, deleted}]}; children: parent -> [ids]
