@@ -391,6 +391,7 @@ async def test_delete_undelete_move_and_mirror(site: Site, browser: Browser, cli
     await page.goto(node_url(site, device, site.group))
     await page.get_by_role("button", name="Delete", exact=True).click()
     await page.get_by_role("alertdialog").get_by_role("button", name="Delete").click()
+    await page.wait_for_selector("h1:has-text('greenhouse 0')", timeout=WAIT_MS)  # the parent's page
     await until(lambda: parents(client, device, deleted=True))
 
     # Deleted nodes show in the tree behind the toggle, with Undelete.
