@@ -140,9 +140,10 @@ export const mirrorNode = (id, to) => post(`/v1/ui/nodes/${enc(id)}/mirror`, { t
 export const history = (id, params) => get(nodeUrl(id, '/history') + query(params));
 
 // Live changes under `node`: calls onEvent({node, parent, points}) for each committed change,
-// reconnects with Last-Event-ID (the server resumes from its point log, so nothing is missed),
-// and onState('live' | 'connecting' | 'error: …'). Returns the function that stops it.
-export function stream(node, onEvent, onState = () => {}) {
+// reconnects with Last-Event-ID (the server resumes from its point log, so nothing is missed;
+// when its log no longer reaches back that far it says `reset` and onReset reloads what is
+// shown), and onState('live' | 'connecting' | 'error: …'). Returns the function that stops it.
+export function stream(node, onEvent, onState = () => {}, onReset = () => {}) {
   const controller = new AbortController();
   let lastId = null;
   let stopped = false;
@@ -163,9 +164,10 @@ export function stream(node, onEvent, onState = () => {}) {
         if (!response.ok) throw new Error(`the stream answered ${response.status}`);
         onState('live');
         delay = 500;
-        await readEvents(response.body, (id, data) => {
+        await readEvents(response.body, (id, data, name) => {
           if (id !== null) lastId = id;
-          if (data) onEvent(data);
+          if (name === 'reset') onReset();
+          else if (data && Array.isArray(data.points)) onEvent(data);
         });
       } catch (err) {
         if (stopped) return;
@@ -187,6 +189,7 @@ async function readEvents(body, emit) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
   let id = null;
+  let name = 'message';
   let data = [];
   for (;;) {
     const { value, done } = await reader.read();
@@ -204,11 +207,13 @@ async function readEvents(body, emit) {
           } catch {
             parsed = null;
           }
-          emit(id, parsed);
-        } else if (id !== null) emit(id, null);
+          emit(id, parsed, name);
+        } else if (id !== null) emit(id, null, name);
         id = null;
+        name = 'message';
         data = [];
       } else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+      else if (line.startsWith('event:')) name = line.slice(6).trim();
       else if (line.startsWith('id:')) id = line.slice(3).trim();
     }
   }

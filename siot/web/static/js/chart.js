@@ -82,6 +82,7 @@ export function ChartPage({ id, query }) {
   const [error, setError] = useState('');
   const [info, setInfo] = useState('');
   const [custom, setCustom] = useState(null);
+  const [generation, setGeneration] = useState(0); // bumped when the stream missed changes
   const box = useRef(null);
   const plot = useRef(null);
   const state = useRef(null);
@@ -167,7 +168,7 @@ export function ChartPage({ id, query }) {
           if (range.r !== 'custom') for (const b of state.current.buckets) while (b.length && b[0].t < cutoff) b.shift();
           plot.current.setData(columns(series, state.current.buckets, withBand));
           box.current.dataset.points = String(Math.max(0, ...state.current.buckets.map((b) => b.length)));
-        });
+        }, undefined, () => setGeneration((g) => g + 1));
       }
     })().catch((err) => !stopped && setError(err.message));
 
@@ -180,7 +181,7 @@ export function ChartPage({ id, query }) {
       plot.current?.destroy();
       plot.current = null;
     };
-  }, [id, qs]);
+  }, [id, qs, generation]);
 
   function csv() {
     const st = state.current;

@@ -48,9 +48,11 @@ export function NodePage({ me, id, parent }) {
     setError('');
     setPanel('');
     setSelected(new Set());
-    getNode(id, parent || undefined)
-      .then((n) => !stopped && setNode(n))
-      .catch((err) => !stopped && setError(err.message));
+    const loadNode = () =>
+      getNode(id, parent || undefined)
+        .then((n) => !stopped && setNode(n))
+        .catch((err) => !stopped && setError(err.message));
+    loadNode();
     const reloadChildren = debounce(() => !stopped && loadChildren().catch(() => {}), 150);
     const stop = stream(
       id,
@@ -66,6 +68,10 @@ export function NodePage({ me, id, parent }) {
         }
       },
       setLive,
+      () => {
+        loadNode();
+        reloadChildren();
+      },
     );
     return () => {
       stopped = true;

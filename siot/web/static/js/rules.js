@@ -151,7 +151,7 @@ export function RulesPage() {
       refresh(only);
       loadLog().catch(() => {});
     }, 300);
-    return Index.onChange((change) => {
+    const stopChanges = Index.onChange((change) => {
       const n = Index.state.nodes.get(change.node);
       if (!n) return;
       const ruleIds = n.type === 'rule' ? [n.id] : n.edges.map((e) => e.parent).filter((p) => Index.state.nodes.get(p)?.type === 'rule');
@@ -160,6 +160,14 @@ export function RulesPage() {
         flush();
       }
     });
+    const stopResets = Index.onReset(() => {
+      ids.forEach((r) => dirty.add(r));
+      flush();
+    });
+    return () => {
+      stopChanges();
+      stopResets();
+    };
   }, [key]);
 
   if (!index.loaded) return html`<p class="loading">Loading…</p>`;

@@ -146,8 +146,10 @@ function bump() {
   });
 }
 
-// Listeners of every change under the user's scope (the tree's live values).
+// Listeners of every change under the user's scope (the tree's live values), and of the
+// stream's resets (changes were missed: reload).
 const changeListeners = new Set();
+const resetListeners = new Set();
 
 export const Index = {
   get state() {
@@ -157,6 +159,10 @@ export const Index = {
   onChange(fn) {
     changeListeners.add(fn);
     return () => changeListeners.delete(fn);
+  },
+  onReset(fn) {
+    resetListeners.add(fn);
+    return () => resetListeners.delete(fn);
   },
   async load() {
     try {
@@ -171,6 +177,10 @@ export const Index = {
             for (const fn of changeListeners) fn(change);
           },
           (s) => indexStore.set({ stream: s }),
+          () => {
+            resetListeners.forEach((fn) => fn());
+            Index.load();
+          },
         );
       }
     } catch (err) {

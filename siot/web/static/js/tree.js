@@ -109,16 +109,24 @@ export function TreePage({ me }) {
     if (index.loaded && expanded.size === 0) setExpanded(new Set(index.roots));
   }, [index.loaded]);
   useEffect(() => sessionStorage.setItem('siot.expanded', JSON.stringify([...expanded])), [expanded]);
-  useEffect(
-    () =>
-      Index.onChange((change) => {
-        if (!change.parent && points.has(change.node)) {
-          points.set(change.node, mergePoints(points.get(change.node), change.points));
-          rerender();
-        }
-      }),
-    [],
-  );
+  useEffect(() => {
+    const stopChanges = Index.onChange((change) => {
+      if (!change.parent && points.has(change.node)) {
+        points.set(change.node, mergePoints(points.get(change.node), change.points));
+        rerender();
+      }
+    });
+    // Changes were missed: read the values in view again.
+    const stopResets = Index.onReset(() => {
+      points.clear();
+      loadedParents.clear();
+      rerender();
+    });
+    return () => {
+      stopChanges();
+      stopResets();
+    };
+  }, []);
   useEffect(() => {
     const el = listRef.current;
     if (!el) return;
