@@ -15,7 +15,7 @@ const KINDS = [
 ];
 
 // A typed-in value -> what is sent: floats stay floats on the wire (2.0, not 2).
-export function typedValue(kind, raw) {
+function typedValue(kind, raw) {
   if (kind === 'bool') return !!raw;
   const v = parseTyped(raw, kind);
   return kind === 'float' ? new Float(v) : v;

@@ -21,7 +21,7 @@ function useNow(ms = 5000) {
   return now;
 }
 
-export function canEdit(me, node) {
+function canEdit(me, node) {
   if (me.role === 'view') return false;
   return node?.type !== 'user' || me.role === 'admin';
 }

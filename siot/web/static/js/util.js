@@ -4,7 +4,7 @@ import htm from 'htm';
 
 export const html = htm.bind(h);
 
-export const NS_PER_MS = 1e6;
+const NS_PER_MS = 1e6;
 
 // A point's identity within a node.
 export const pointId = (p) => `${p.type}:${p.key === '' || p.key === undefined ? '0' : p.key}`;
