@@ -64,7 +64,9 @@ class Notifier:
         recipients = []
         for user in await find_upward(self.client, rule, USER):
             config, _ = try_decode_config(UserConfig, user.points)
-            if config is not None and config.email:
+            # A login name is not an address: the first admin is "admin" unless
+            # SIOT_ADMIN_EMAIL says otherwise (docs/users.md).
+            if config is not None and "@" in config.email:
                 recipients.append(config.email)
         jobs = []
         config_errors = []
