@@ -102,6 +102,15 @@ class Write:
 
 
 CommitListener = Callable[[list[Write]], Awaitable[None]]
+# A node type's own check of every write to its nodes (`Store.add_node_check`), called at commit
+# time, when the tree knows the node's type whoever wrote it and however (a node created and
+# written in one burst, rows from a sync peer): `(node, parent, points)` with times stamped,
+# `parent` "" for node points. It raises `InvalidInput` to refuse the write, or returns None to
+# store the points as they are, or a blocking function returning the points to store instead,
+# which the store runs on a worker thread before the transaction (a password is hashed there:
+# it never reaches the disk, and the hash does not hold the event loop).
+Rewrite = Callable[[], list[Point]]
+NodeCheck = Callable[[str, str, list[Point]], Rewrite | None]
 
 
 @dataclass(slots=True)
@@ -141,6 +150,7 @@ class Store:
         self._bookkeeping: list[tuple[Bookkeeping, asyncio.Future[None]]] = []
         self._queued = asyncio.Event()
         self._listeners: list[CommitListener] = []
+        self._node_checks: dict[str, NodeCheck] = {}
         self._next_seq = 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._checkpointer: Checkpointer | None = None
@@ -274,6 +284,14 @@ class Store:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def add_node_check(self, node_type: str, check: NodeCheck) -> Callable[[], None]:
+        """Check (and possibly rewrite) every write to nodes of `node_type` and to their edges
+        before it is stored; see `NodeCheck`. Returns the function that removes it."""
+        if node_type in self._node_checks:
+            raise ValueError(f"nodes of type {node_type!r} have a check already")
+        self._node_checks[node_type] = check
+        return lambda: self._node_checks.pop(node_type, None)
+
     def submit(
         self,
         node: str,
@@ -380,6 +398,14 @@ class Store:
         if current is None or after != current:
             self.tree.set_edge(parent, node, after)
 
+    def _node_check(self, write: Write) -> Rewrite | None:
+        """The check of the written node's type, if it has one (after `_check`, so an edge
+        written earlier in the same group already gave the node its type)."""
+        if not self._node_checks:
+            return None
+        check = self._node_checks.get(self.tree.node_type(write.rows.node))
+        return None if check is None else check(write.rows.node, write.rows.parent, write.rows.points)
+
     async def _commit_loop(self) -> None:
         queue = self._queue
         max_points = self.config.max_commit_points
@@ -409,15 +435,22 @@ class Store:
             return
         now_ns = self._stamp_base(len(writes))
         accepted: list[Write] = []
+        rewrites: list[tuple[Write, Rewrite]] = []
         for offset, write in enumerate(writes):
             try:
                 # One stamp per write, in arrival order: two time-0 writes of the same point in
                 # one group would otherwise tie on (time, origin) and only the value would decide.
                 self._check(write, now_ns + offset)
+                rewrite = self._node_check(write)
             except InvalidInput as exc:
                 write.error = exc
             else:
                 accepted.append(write)
+                if rewrite is not None:
+                    rewrites.append((write, rewrite))
+        if rewrites:
+            await _run_rewrites(rewrites)
+            accepted = [w for w in accepted if w.error is None]
         failure: StoreError | None = None
         if accepted or staged:
             try:
@@ -604,6 +637,30 @@ def _refuse_future(points: list[Point], now_ns: int, max_future_s: float) -> Non
                 index=index,
                 field="time",
             )
+
+
+async def _run_rewrites(rewrites: list[tuple[Write, Rewrite]]) -> None:
+    """Run the node checks' rewrites on one worker thread (one hop for the group) and put their
+    points in place of the written ones; a rewrite that raises refuses its write alone. The
+    commit waits meanwhile, as it waits for a transaction, and the event loop keeps running."""
+
+    def run_all() -> list[list[Point] | Exception]:
+        results: list[list[Point] | Exception] = []
+        for _, rewrite in rewrites:
+            try:
+                results.append(rewrite())
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    for (write, _), result in zip(rewrites, await asyncio.to_thread(run_all), strict=True):
+        if isinstance(result, InvalidInput):
+            write.error = result
+        elif isinstance(result, Exception):
+            logger.error("store: rewriting a write to %s failed: %r", write.node, result)
+            write.error = StoreError(f"internal error while checking the write: {result}")
+        else:
+            write.rows.points = result
 
 
 def _execute(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> None:
