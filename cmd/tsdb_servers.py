@@ -183,11 +183,12 @@ class VictoriaMetricsServer(ServerProcess):
 
 @dataclass
 class PrometheusServer(ServerProcess):
-    """Prometheus scraping `targets` (host:port) at `metrics_path` every `scrape_interval_s`."""
+    """Prometheus scraping `targets` (host:port) at `metrics_path` every `scrape_interval_ms`, with
+    `bearer_token` if set."""
 
     targets: list[str] = field(default_factory=list)
     metrics_path: str = "/metrics"
-    scrape_interval_s: float = 1.0
+    scrape_interval_ms: int = 1000
     bearer_token: str = ""
     package = "prometheus"
     ready_path = "/-/ready"
@@ -201,8 +202,8 @@ class PrometheusServer(ServerProcess):
         config = self.data_dir / "prometheus.yml"
         config.write_text(
             f"""global:
-  scrape_interval: {self.scrape_interval_s}s
-  evaluation_interval: {self.scrape_interval_s}s
+  scrape_interval: {self.scrape_interval_ms}ms
+  evaluation_interval: {self.scrape_interval_ms}ms
 scrape_configs:
   - job_name: siot
     metrics_path: {self.metrics_path}{auth}
