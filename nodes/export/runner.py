@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from siot.client import Change
 from siot.nodes.export.config import DbConfig, redact_url
-from siot.nodes.export.shipper import ExportState, ExportStatus, Shipper
+from siot.nodes.export.shipper import ExportState, ExportStatus, Shipper, saved_cursor
 from siot.runtime import AppContext
 
 logger = logging.getLogger(__name__)
@@ -17,8 +18,8 @@ class ExportStats:
     """Every exporter's status, by node id: field `export` of `siot.stats`, and read by
     siot/metrics.py. Shared by the runners of one daemon."""
 
-    def __init__(self, last_seq: Any) -> None:
-        self._last_seq = last_seq  # () -> the store's last seq, to compute each lag
+    def __init__(self, last_seq: Callable[[], int]) -> None:
+        self._last_seq = last_seq  # the store's last seq, to compute each lag
         self.nodes: dict[str, ExportStatus] = {}
 
     def wire(self) -> dict[str, Any]:
@@ -40,6 +41,7 @@ class DbRunner:
         status = self.stats.nodes[self.config.id] = ExportStatus(self.config.id)
         if self.config.disabled or not self.config.url:
             status.state = ExportState.DISABLED
+            status.cursor = await saved_cursor(self.ctx.store, self.config.id)  # for its lag
             return
         self.shipper = Shipper(self.ctx, self.config, status)
         await self.shipper.start()

@@ -33,7 +33,7 @@ from siot.nodes.export.lines import field
 from siot.nodes.export.tags import SeriesKeys
 from siot.points import Point
 from siot.runtime import AppContext
-from siot.store import Write
+from siot.store import Store, Write
 from siot.store.log import ValueRow, log_values
 from siot.store.store import SAVE_META
 from siot.store.writer import unpack_value
@@ -99,6 +99,12 @@ def cursor_meta_name(node: str) -> str:
     return CURSOR_META_PREFIX + node
 
 
+async def saved_cursor(store: Store, node: str) -> int:
+    """The cursor of `node`'s exporter as last saved; 0 (the log's start) for a new one."""
+    rows = await store.fetch("SELECT value FROM meta WHERE name = ?", (cursor_meta_name(node),))
+    return int(rows[0][0]) if rows else 0
+
+
 class Shipper:
     """Exports one `db` node's subtree. `await start()` loads the cursor and returns; the loop runs
     in its own task until `await stop()`, which saves the cursor."""
@@ -119,7 +125,7 @@ class Shipper:
         self._outage = ""  # the error point written for the outage going on, if any
 
     async def start(self) -> None:
-        self.cursor = self._saved_cursor = await self._load_cursor()
+        self.cursor = self._saved_cursor = await saved_cursor(self.store, self.config.id)
         self.status.cursor = self.cursor
         await self._check_retention()
         self._remove_listener = self.store.add_commit_listener(self._on_commit)
@@ -139,12 +145,6 @@ class Shipper:
             self._wake.set()
 
     # ---- the cursor ----
-
-    async def _load_cursor(self) -> int:
-        rows = await self.store.fetch(
-            "SELECT value FROM meta WHERE name = ?", (cursor_meta_name(self.config.id),)
-        )
-        return int(rows[0][0]) if rows else 0
 
     async def _save_cursor(self) -> None:
         if self.cursor == self._saved_cursor:
