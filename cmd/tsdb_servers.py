@@ -106,6 +106,12 @@ class InfluxServer(ServerProcess):
     """InfluxDB 1.x (`influxd`), HTTP API on `port`, its RPC port on another free one."""
 
     rpc_port: int = field(default_factory=free_port)
+    # With `auth`, influxd refuses requests without credentials; `start()` then creates the
+    # admin `user`/`password` (InfluxDB lets the first admin be created without them).
+    auth: bool = False
+    user: str = "admin"
+    password: str = "influx-admin-s3cret"
+    admin_created: bool = field(default=False, init=False)
     package = "influxdb"
     ready_path = "/ping"
 
@@ -123,6 +129,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 [http]
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
+  auth-enabled = {"true" if self.auth else "false"}
 [monitor]
   store-enabled = false
 [continuous_queries]
@@ -131,10 +138,25 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         )
         return [program, "run", "-config", str(config)]
 
+    def start(self) -> Self:
+        super().start()
+        if self.auth:
+            status, body = http(
+                "POST", f"{self.url}/query?{urllib.parse.urlencode({'q': self._create_admin()})}"
+            )
+            if status != 200 and b"user already exists" not in body:
+                raise RuntimeError(f"cannot create the InfluxDB admin ({status}): {body!r}")
+        return self
+
+    def _create_admin(self) -> str:
+        return f"CREATE USER \"{self.user}\" WITH PASSWORD '{self.password}' WITH ALL PRIVILEGES"
+
     def query(self, q: str, database: str = "") -> list[dict[str, Any]]:
-        """Run InfluxQL; the `series` of its first statement (each with name, tags, columns,
-        values). Raises RuntimeError with InfluxDB's message on an error."""
+        """Run InfluxQL (as the admin with `auth`); the `series` of its first statement (each
+        with name, tags, columns, values). Raises RuntimeError with InfluxDB's message."""
         params = {"q": q, "epoch": "ns", **({"db": database} if database else {})}
+        if self.auth:
+            params.update(u=self.user, p=self.password)
         status, body = http("POST", f"{self.url}/query?{urllib.parse.urlencode(params)}")
         answer = json.loads(body or b"{}")
         result = (answer.get("results") or [{}])[0]

@@ -6,6 +6,8 @@ blocking the rest, filters, `disabled`."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from export_support import (
     until,
     wait_rows,
 )
-from support import SiotProcess, connected, serve_config
+from support import SiotProcess, connected, running, serve_config
 
 from siot.app import App
 from siot.client import Client
@@ -30,6 +32,8 @@ from siot.cmd.tsdb_servers import InfluxServer, http
 from siot.points import Point
 
 NS = 1_000_000_000
+PASSWORD = "pa55-not-for-logs"
+DASHBOARD_JSON = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
 
 
 @pytest.fixture
@@ -125,10 +129,13 @@ async def test_tag_changes_apply_to_later_values(influx: InfluxServer, client: C
 
 
 async def test_outage_of_influxdb_loses_nothing_and_duplicates_nothing(
-    influx: InfluxServer, client: Client
+    influx: InfluxServer, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     seed = await seed_tree(client, client.root_id)
-    db = await client.create_node(client.root_id, "db", db_points(influx.url))
+    # influxd here has no auth: it ignores the credentials, which must still never be shown.
+    db = await client.create_node(
+        client.root_id, "db", db_points(influx.url, user="writer", password=PASSWORD)
+    )
     t0 = time.time_ns() - 3600 * NS
     await client.send_points(seed.device, [Point("pressure", float(i), time=t0 + i) for i in range(100)])
     await wait_rows(influx, 'SELECT * FROM "pressure"', 100)
@@ -150,6 +157,7 @@ async def test_outage_of_influxdb_loses_nothing_and_duplicates_nothing(
     assert stats["state"] == "ok" and stats["failedRequests"] >= 1
     await asyncio.sleep(0.5)  # nothing more arrives: no duplicates
     assert len(await influx_rows(influx, 'SELECT * FROM "pressure"')) == 600
+    assert PASSWORD not in caplog.text and PASSWORD not in error
 
 
 async def _no_error(client: Client, node: str) -> bool:
@@ -242,3 +250,70 @@ async def _kill_mid_export(proc: SiotProcess, influx: InfluxServer) -> None:
 async def _all_arrive(influx: InfluxServer) -> None:
     rows = await wait_rows(influx, 'SELECT "value" FROM "pressure"', COUNT, timeout_s=120)
     assert sorted(r["value"] for r in rows) == [float(i) for i in range(COUNT)]
+
+
+async def test_the_grafana_dashboard_queries_the_seed_data(influx: InfluxServer, client: Client) -> None:
+    """docs/export.md's dashboard: valid JSON whose variable and panel queries (with Grafana's
+    macros filled in as Grafana would) return the seed's exported pressure and viscosity."""
+    seed = await seed_tree(client, client.root_id)
+    await client.create_node(client.root_id, "db", db_points(influx.url))
+    t0 = time.time_ns() - 600 * NS
+    await client.send_points(
+        seed.device,
+        [Point("pressure", 800.0 + i, time=t0 + i * NS) for i in range(10)]
+        + [Point("viscosity", 1400 + i, time=t0 + i * NS) for i in range(10)],
+    )
+    await wait_rows(influx, 'SELECT * FROM "viscosity"', 10)
+    text = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text()
+    dashboard = json.loads(DASHBOARD_JSON.search(text).group(1))  # type: ignore[union-attr]
+    macros = {
+        "$manufacturer": GROUP_TAGS["manufacturer"],
+        "$family": GROUP_TAGS["family"],
+        "$component": DEVICE_TAGS["component_id"],
+        "$timeFilter": "time > now() - 1h",
+        "$__interval": "1m",
+    }
+
+    def filled(query: str) -> str:
+        for name, value in macros.items():
+            query = query.replace(name, value)
+        return query
+
+    for variable in dashboard["templating"]["list"][1:]:
+        series = await asyncio.to_thread(influx.query, filled(variable["query"]), DATABASE)
+        assert series and series[0]["values"], variable["name"]
+    answered = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            answered[(panel["title"], target["refId"])] = await influx_rows(influx, filled(target["query"]))
+    assert any(r["mean"] is not None for r in answered[("Pressure", "A")])
+    assert any(r["mean"] is not None for r in answered[("Viscosity", "B")])  # ints: valueInt
+    [last] = answered[("Last calibration per component", "A")]
+    assert last["pressure"] == 809.0 and last["calibration_date"] == DEVICE_TAGS["calibration_date"]
+
+
+def test_refused_credentials_are_retried_until_fixed(tmp_path: Path) -> None:
+    """InfluxDB with auth: a wrong password is a 401, not bad data: nothing is skipped, the
+    cursor waits, and once the password is right every value arrives. The password never
+    appears in siot's log nor on the node."""
+    with InfluxServer(tmp_path / "influxdb", auth=True) as influx:
+        influx.create_database(DATABASE)
+        with running(tmp_path / "siot") as proc:
+            asyncio.run(_credentials(proc, influx))
+        assert PASSWORD not in proc.log() and influx.password not in proc.log()
+
+
+async def _credentials(proc: SiotProcess, influx: InfluxServer) -> None:
+    async with connected(proc) as client:
+        seed = await seed_tree(client, client.root_id)
+        db = await client.create_node(
+            client.root_id, "db", db_points(influx.url, user=influx.user, password=PASSWORD)
+        )
+        t0 = time.time_ns() - 60 * NS
+        await client.send_points(seed.device, [Point("pressure", float(i), time=t0 + i) for i in range(50)])
+        error = await until(lambda: node_value(client, db, "error"))
+        assert "answered 401" in error and PASSWORD not in error
+        assert (await client.stats())["export"][db]["state"] == "failing"
+        await client.send_points(db, [Point("password", influx.password)])
+        await wait_rows(influx, 'SELECT * FROM "pressure"', 50)
+        await until(lambda: _no_error(client, db))

@@ -56,14 +56,13 @@ class InfluxWriter:
         else:
             self.endpoint = f"{config.url}/write"
             self.params = {"db": config.database, "precision": "ns"}
+        if config.user and not config.token:
+            headers["Authorization"] = aiohttp.BasicAuth(config.user, config.password).encode()
         self.headers = headers
-        self.auth = aiohttp.BasicAuth(config.user, config.password) if config.user else None
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s), auth=self.auth
-        )
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -46,6 +46,9 @@ CURSOR_SAVE_S = 0.5
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 10.0
 ERROR_POINT = "error"
+# How an outage's error point ends: one left by an earlier run (a restart, a config change) is
+# recognised by it and deleted once writes go through.
+OUTAGE_MARK = "retrying (nothing is lost"
 # Nodes whose points hold credentials (a db node's password/token, a user's passwordHash, a
 # msgService's SMTP password, a sync node's authToken): never exported, whatever the filter says.
 NEVER_EXPORTED_NODE_TYPES = frozenset(("db", "user", "msgService", "sync"))
@@ -127,6 +130,7 @@ class Shipper:
     async def start(self) -> None:
         self.cursor = self._saved_cursor = await saved_cursor(self.store, self.config.id)
         self.status.cursor = self.cursor
+        self._outage = await self._outage_left()
         await self._check_retention()
         self._remove_listener = self.store.add_commit_listener(self._on_commit)
         self._task = asyncio.create_task(self._run(), name=f"db export {self.config.id}")
@@ -157,6 +161,18 @@ class Shipper:
             return
         self._saved_cursor = cursor
         self._saved_at = time.monotonic()
+
+    async def _outage_left(self) -> str:
+        """The outage error on the node from before this start, if any."""
+        for p in await self.store.node_points(self.config.id):
+            if (
+                p.type == ERROR_POINT
+                and not p.deleted
+                and isinstance(p.value, str)
+                and OUTAGE_MARK in p.value
+            ):
+                return p.value
+        return ""
 
     async def _check_retention(self) -> None:
         """Say so when log retention removed entries this exporter had not written yet."""
@@ -277,7 +293,7 @@ class Shipper:
     async def _failed(self, result: WriteResult) -> None:
         self.status.failed_requests += 1
         self.status.state = ExportState.FAILING
-        message = f"{result.message}; retrying (nothing is lost: the cursor waits at seq {self.cursor})"
+        message = f"{result.message}; {OUTAGE_MARK}: the cursor waits at seq {self.cursor})"
         if result.message != self._outage:
             self._outage = result.message
             await self._report(message)
