@@ -12,6 +12,7 @@ from export_support import DATABASE, DEVICE_TAGS, GROUP_TAGS, db_points, seed_tr
 from support import SiotProcess
 from sync_support import connect, start, until, upstream_settled
 
+from siot.client import Client
 from siot.cmd.tsdb_servers import InfluxServer
 from siot.points import Point
 
@@ -51,6 +52,16 @@ async def test_history_synced_up_late_is_exported(tmp_path: Path, influx: Influx
             metadata = {**GROUP_TAGS, **DEVICE_TAGS}
             assert all({name: r[name] for name in metadata} == metadata for r in rows)
             assert {r["id"] for r in rows} == {seed.device}
+
+            # The link's lag as siot stats and /metrics show it (syncPeers), on both sides.
+            async def caught_up(client: Client, role: str) -> bool:
+                peers = (await client.stats())["syncPeers"]
+                return any(
+                    p["role"] == role and p["state"] == "connected" and p["lagRows"] == 0 for p in peers
+                )
+
+            await until(lambda: caught_up(edge, "upstream"))
+            await until(lambda: caught_up(cloud, "downstream"))
         finally:
             await edge.close()
             await cloud.close()

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from export_support import until
 from prometheus_client.parser import text_string_to_metric_families
+from rules_support import make_rule, wait_point
 from support import free_port, serve_config
 
 from siot import metrics
@@ -101,3 +102,34 @@ async def test_http_metrics_public_without_a_token(app: App) -> None:
             assert response.status == 200
             text = await response.text()
     assert value(samples(text), "siot_ready") == 1
+
+
+async def test_rule_and_notification_counters(app: App) -> None:
+    """A rule that fires a setValue and a notify (no msgService above it: a failed notification)
+    shows in siot_rule_* and siot_notifications_failed_total."""
+    assert app.context is not None
+    async with await Client.connect(app.context.broker_url) as client:
+        root = await client.load_root()
+        device = await client.create_node(root, "device", [Point("description", "pv")])
+        target = await client.create_node(root, "device", [Point("description", "valve")])
+        await make_rule(
+            client,
+            root,
+            "high pressure",
+            [{"nodeID": device, "pointType": "pressure", "operator": ">", "value": 900}],
+            [{"action": "setValue", "nodeID": target, "pointType": "open", "value": 1}, {"action": "notify"}],
+        )
+        await client.send_points(device, [Point("pressure", 950.0)])
+        await wait_point(client, target, "open", lambda v: v == 1)
+
+        async def notified() -> dict[str, Any] | None:
+            rules = (await client.stats())["rules"]
+            return rules if rules["notificationsFailed"] else None
+
+        stats = await until(notified)
+    found = samples(metrics.render(metrics.registry(app.context)).decode())
+    assert value(found, "siot_rules_loaded") == stats["loaded"] == 1
+    assert value(found, "siot_rule_evaluations_total") >= stats["evaluations"] >= 1
+    assert value(found, "siot_rule_actions_total") == stats["actionsRun"] == 2
+    assert value(found, "siot_notifications_failed_total") == 1
+    assert value(found, "siot_notifications_sent_total") == 0
