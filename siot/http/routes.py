@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from siot.http import auth, health, history, nodes, openapi, stream
+from siot.http import auth, health, history, metrics, nodes, openapi, stream
 from siot.http.context import HttpContext
 
 RouteSetup = Callable[[web.Application, HttpContext], None]
@@ -23,4 +23,5 @@ ROUTE_SETUPS: tuple[RouteSetup, ...] = (
     history.setup,
     stream.setup,
     openapi.setup,
+    metrics.setup,
 )
