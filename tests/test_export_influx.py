@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +34,6 @@ from siot.points import Point
 NS = 1_000_000_000
 PASSWORD = "pa55-not-for-logs"
 DASHBOARD_JSON = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
-
-
-@pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxServer]:
-    server = InfluxServer(tmp_path / "influxdb").start()
-    try:
-        server.create_database(DATABASE)
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ values (a real influxd, two `siot serve` processes)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from export_support import DATABASE, DEVICE_TAGS, GROUP_TAGS, db_points, seed_tree, wait_rows
+from export_support import DEVICE_TAGS, GROUP_TAGS, db_points, seed_tree, wait_rows
 from support import SiotProcess
 from sync_support import connect, start, until, upstream_settled
 
@@ -18,16 +16,6 @@ from siot.points import Point
 
 T0 = 1_700_000_000_000_000_000
 BUFFERED = 500
-
-
-@pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxServer]:
-    server = InfluxServer(tmp_path / "influxdb").start()
-    try:
-        server.create_database(DATABASE)
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_history_synced_up_late_is_exported(tmp_path: Path, influx: InfluxServer) -> None:
