@@ -185,6 +185,12 @@ from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
     type=click.FloatRange(min=1),
     help="Seconds an HTTP API token (POST /v1/auth) stays valid.",
 )
+@click.option(
+    "--metrics-token",
+    envvar="SIOT_METRICS_TOKEN",
+    default="",
+    help="Bearer token GET /metrics requires (docs/metrics.md); empty = /metrics is public.",
+)
 def serve(**options: object) -> None:
     """Run a siot instance until SIGINT/SIGTERM.
 

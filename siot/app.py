@@ -72,6 +72,8 @@ class ServeConfig:
     http_host: str = DEFAULT_HTTP_HOST
     http_port: int = 0
     token_ttl_s: float = DEFAULT_TOKEN_TTL_S
+    # GET /metrics needs `Authorization: Bearer <metrics_token>` when set; public otherwise.
+    metrics_token: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -181,6 +183,7 @@ class App:
             nc=nc,
             broker_url=url,
             api=self.api,
+            broker=self.broker,
         )
         if cfg.http_port:
             # Before the node clients: /healthz answers 503 while they start (siot/http/server.py).

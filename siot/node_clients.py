@@ -5,6 +5,7 @@ says what a node client is)."""
 from __future__ import annotations
 
 from siot.nodes.archive import archive_client
+from siot.nodes.export import export_client
 from siot.nodes.ingest import ingest_client
 from siot.nodes.models import model_client
 from siot.nodes.rules.manager import rules_client
@@ -18,5 +19,6 @@ NODE_CLIENTS: tuple[NodeClient, ...] = (
     model_client,  # before ingest: the data-model validator is in place before the first reading
     ingest_client,
     archive_client,
+    export_client,  # reads the point log from its cursor: nothing written before it starts is missed
     rules_client,  # last: rules act on what the others run
 )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.client import Client as NATS
 
 from siot.api import Api
+from siot.broker import Broker
 from siot.bus import ChangeBus
 from siot.local import LocalClient
 from siot.store import Store
@@ -46,6 +47,8 @@ class AppContext:
     api: Api
     # Roots of other instances' subtrees replicated here (edges synced up to this instance).
     downstream_roots: set[str] = field(default_factory=set)
+    # The embedded nats-server (None with --nats-url): its state and restarts are on /metrics.
+    broker: Broker | None = None
 
     @property
     def instance_id(self) -> str:

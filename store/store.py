@@ -319,6 +319,11 @@ class Store:
         return future
 
     @property
+    def queued_points(self) -> int:
+        """Points submitted and not yet committed (the commit queue's depth)."""
+        return self._queued_points
+
+    @property
     def full(self) -> bool:
         """Whether `submit` refuses writes now (`max_queued_points` are waiting)."""
         return self._queued_points >= self.config.max_queued_points

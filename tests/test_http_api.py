@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_support import ADMIN_EMAIL, Http, http_daemon, http_session
+from http_support import ADMIN_EMAIL, Http, http_daemon
 from support import SiotProcess
 
 from siot.client import Client
@@ -21,21 +21,6 @@ from siot.points import Point
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiotProcess]:
     with http_daemon(tmp_path_factory.mktemp("http") / "data") as proc:
         yield proc
-
-
-@pytest.fixture
-async def admin(daemon: SiotProcess) -> AsyncIterator[Http]:
-    async with http_session(daemon) as http:
-        yield await http.login()
-
-
-@pytest.fixture
-async def nats(daemon: SiotProcess) -> AsyncIterator[Client]:
-    client = await Client.connect(daemon.url, reconnect_forever=False)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_login_answers_a_token_and_refuses_bad_credentials(admin: Http) -> None:

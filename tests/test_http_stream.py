@@ -4,10 +4,10 @@ says `reset`, and a user's stream carries its own group only."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-from http_support import EventReader, Http, http_daemon, http_session
+from http_support import EventReader, Http, http_daemon
 from support import SiotProcess
 
 from siot.client import Client
@@ -18,21 +18,6 @@ from siot.points import Point
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiotProcess]:
     with http_daemon(tmp_path_factory.mktemp("stream") / "data") as proc:
         yield proc
-
-
-@pytest.fixture
-async def admin(daemon: SiotProcess) -> AsyncIterator[Http]:
-    async with http_session(daemon) as http:
-        yield await http.login()
-
-
-@pytest.fixture
-async def nats(daemon: SiotProcess) -> AsyncIterator[Client]:
-    client = await Client.connect(daemon.url, reconnect_forever=False)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def values_until(events: EventReader, device: str, wanted: set[object]) -> tuple[list[object], int]:

@@ -23,6 +23,7 @@ def test_the_node_clients_and_their_start_order() -> None:
         "siot.nodes.models.client.model_client",  # before ingest: validators in place
         "siot.nodes.ingest.ingest_client",
         "siot.nodes.manager.start",  # archive: one runner per archive node
+        "siot.nodes.export.export_client",  # db exporters read the log from their cursors
         "siot.nodes.rules.manager.rules_client",  # last: rules act on the others
     ]
 

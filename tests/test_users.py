@@ -5,14 +5,12 @@ bad fields refused with clear errors."""
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from support import SIOT_BIN, SiotProcess, serve_config, stop_all, without_rules
+from support import SiotProcess, run_siot, serve_config, stop_all, without_rules
 from sync_support import connect, start, until, upstream_settled
 
 from siot.app import App
@@ -31,23 +29,7 @@ from siot.users import (
     user_by_id,
 )
 
-TIMEOUT_S = 30
 ADMIN_ENV = {"SIOT_ADMIN_EMAIL": "Boss@Example.com", "SIOT_ADMIN_PASSWORD": "env-Secret-0001"}
-
-
-def cli(url: str, *args: str, stdin: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIOT_")}
-    result = subprocess.run(
-        [SIOT_BIN, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        env={**env, "SIOT_URL": url},
-    )
-    if ok:
-        assert result.returncode == 0, f"siot {' '.join(args)} failed:\n{result.stderr}"
-    return result
 
 
 def files_holding(data_dir: Path, secrets: list[str]) -> list[str]:
@@ -113,10 +95,10 @@ async def test_passwords_are_hashed_over_nats_and_import_and_never_stored(tmp_pa
 
         # YAML import with a password point; an export holds only hashes and imports back
         doc = {"type": USER_TYPE, "points": {"email": "yaml@example.com", "password": secrets[3]}}
-        cli(proc.url, "import", stdin=yaml.safe_dump(doc))
-        exported = cli(proc.url, "export").stdout
+        run_siot(proc.url, "import", stdin=yaml.safe_dump(doc))
+        exported = run_siot(proc.url, "export").stdout
         assert PASSWORD_HASH in exported and not [s for s in secrets if s in exported]
-        cli(proc.url, "import", stdin=exported)
+        run_siot(proc.url, "import", stdin=exported)
         (yaml_user,) = [
             n for n in await client.children(client.root_id) if n.value("email") == "yaml@example.com"
         ]
@@ -270,8 +252,8 @@ def test_user_commands(tmp_path: Path) -> None:
     proc = SiotProcess(data_dir=data, env=ADMIN_ENV).start()
     try:
         url = proc.url
-        group = cli(url, "add", "root", "group").stdout.strip()
-        user = cli(
+        group = run_siot(url, "add", "root", "group").stdout.strip()
+        user = run_siot(
             url,
             "user",
             "add",
@@ -285,16 +267,16 @@ def test_user_commands(tmp_path: Path) -> None:
             "--password-stdin",
             stdin="cli-Secret-1\n",
         ).stdout.strip()
-        again = cli(url, "user", "add", "ada@example.com", "--password-stdin", stdin="x\n", ok=False)
+        again = run_siot(url, "user", "add", "ada@example.com", "--password-stdin", stdin="x\n", ok=False)
         assert again.returncode == 1 and "exists already" in again.stderr
-        bad = cli(
+        bad = run_siot(
             url, "user", "add", "eve@example.com", "--role", "root", "--password-stdin", stdin="x\n", ok=False
         )
         assert bad.returncode == 2 and "'root' is not one of 'view', 'edit', 'admin'" in bad.stderr
-        empty = cli(url, "user", "add", "eve@example.com", "--password-stdin", stdin="\n", ok=False)
+        empty = run_siot(url, "user", "add", "eve@example.com", "--password-stdin", stdin="\n", ok=False)
         assert empty.returncode == 1 and "the password is empty" in empty.stderr
 
-        listed = json.loads(cli(url, "user", "list", "--json").stdout)
+        listed = json.loads(run_siot(url, "user", "list", "--json").stdout)
         by_email = {row["email"]: row for row in listed}
         assert set(by_email) == {"Boss@Example.com", "Ada@Example.com"}
         assert by_email["Ada@Example.com"] == {
@@ -305,22 +287,24 @@ def test_user_commands(tmp_path: Path) -> None:
             "lastName": "",
             "parents": [group],
         }
-        assert "Ada@Example.com\tedit\tAda\t" in cli(url, "user", "list").stdout
+        assert "Ada@Example.com\tedit\tAda\t" in run_siot(url, "user", "list").stdout
 
         def hash_of(node: str) -> str:
-            points = json.loads(cli(url, "get", node, "--json").stdout)["points"]
+            points = json.loads(run_siot(url, "get", node, "--json").stdout)["points"]
             return next(p["value"] for p in points if p["type"] == PASSWORD_HASH)
 
         assert verify_password(hash_of(user), "cli-Secret-1")
-        cli(url, "user", "passwd", "ADA@example.com", "--password-stdin", stdin="cli-Secret-2\n")
+        run_siot(url, "user", "passwd", "ADA@example.com", "--password-stdin", stdin="cli-Secret-2\n")
         assert verify_password(hash_of(user), "cli-Secret-2")
-        missing = cli(url, "user", "passwd", "nobody@example.com", "--password-stdin", stdin="x\n", ok=False)
+        missing = run_siot(
+            url, "user", "passwd", "nobody@example.com", "--password-stdin", stdin="x\n", ok=False
+        )
         assert (
             missing.returncode == 1 and "no user with the email or id 'nobody@example.com'" in missing.stderr
         )
 
-        cli(url, "user", "rm", user)
-        assert [row["email"] for row in json.loads(cli(url, "user", "list", "--json").stdout)] == [
+        run_siot(url, "user", "rm", user)
+        assert [row["email"] for row in json.loads(run_siot(url, "user", "list", "--json").stdout)] == [
             "Boss@Example.com"
         ]
         assert files_holding(data, ["cli-Secret-1", "cli-Secret-2"]) == []

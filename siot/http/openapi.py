@@ -124,6 +124,16 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json(OK), **_errors(503)},
         }
     },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus text format (docs/metrics.md); public unless --metrics-token is set",
+            "security": [],
+            "responses": {
+                "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                **_errors(401),
+            },
+        }
+    },
     "/v1/nodes/{id}": {
         "get": {
             "summary": "A node as in nodes.* replies",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from siot.http import auth, health, history, nodes, openapi, stream
+from siot.http import auth, health, history, metrics, nodes, openapi, stream
 from siot.http.context import HttpContext
 from siot.web import routes as web_routes
 
@@ -24,5 +24,6 @@ ROUTE_SETUPS: tuple[RouteSetup, ...] = (
     history.setup,
     stream.setup,
     openapi.setup,
+    metrics.setup,
     web_routes.setup,  # the web UI (siot/web): its `/` and `/ui/...` files go last
 )
