@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 from rules_support import webhook_server
 from support import SiotProcess, free_port
 from ui_support import (
@@ -164,6 +165,16 @@ async def test_tree_search_among_1000_devices_by_keyboard(
     assert await tree.get_by_role("treeitem").count() < 60
     await screenshot(page, tmp_path, "tree")
 
+    # Arrow keys move through the rows; Right expands, Left collapses.
+    await tree.get_by_role("treeitem").first.get_by_role("link").focus()
+    await page.keyboard.press("ArrowDown")
+    await expect(page.locator("[data-row='1'] a")).to_be_focused()
+    await page.keyboard.press("End")  # the last row, scrolled into view
+    await expect(page.locator(":focus")).to_have_attribute("href", re.compile("#/node/"))
+    await expect(page.locator("[data-row='0']")).to_have_count(0)  # rendered lazily: out of view
+    await page.keyboard.press("Home")
+    await expect(page.locator("[data-row='0'] a")).to_be_focused()
+
     search = page.get_by_role("searchbox", name="Search nodes")
     await search.fill("sensor 0777")
     await page.wait_for_selector("text=1 found", timeout=WAIT_MS)
@@ -269,6 +280,16 @@ async def test_week_chart_is_drawn_from_buckets_and_downloads_as_csv(
     assert rows[0][:3] == ["time", "temp count", "temp min"]
     assert len(rows) - 1 == drawn
     assert sum(int(r[1]) for r in rows[1:]) >= WEEK_S // HISTORY_STEP_S - 2
+
+    # A chosen range: the last two days but one, drawn from its own buckets.
+    await page.get_by_role("button", name="Custom…").click()
+    start, end = time.time() - 3 * 86400, time.time() - 86400
+    await page.get_by_label("From").fill(time.strftime("%Y-%m-%dT%H:%M", time.localtime(start)))
+    await page.get_by_label("To").fill(time.strftime("%Y-%m-%dT%H:%M", time.localtime(end)))
+    await page.get_by_role("button", name="Show").click()
+    await page.wait_for_selector(".chart[data-every='5m']", timeout=WAIT_MS)
+    assert 0 < int(await chart.get_attribute("data-points") or 0) <= MAX_CHART_POINTS
+    assert "r=custom" in page.url
     assert not page.errors  # type: ignore[attr-defined]
 
 
