@@ -14,6 +14,13 @@ const OVERSCAN = 8;
 const points = new Map();
 const loadedParents = new Set();
 const loading = new Set();
+// Forgotten at logout: the next user of this browser reads its own.
+Index.subscribe((state) => {
+  if (!state.loaded) {
+    points.clear();
+    loadedParents.clear();
+  }
+});
 
 function useIndex() {
   const [state, setState] = useState(Index.state);
