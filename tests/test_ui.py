@@ -512,3 +512,25 @@ async def test_notification_log_is_a_table(
     assert "notify ops webhook" in await card.inner_text()
     await screenshot(page, tmp_path, "notifications")
     assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_user_under_two_nodes_gets_both_live(site: Site, browser: Browser, client: Client) -> None:
+    groups = {n.description: n.id for n in await client.children(site.root, type="group")}
+    account = await add_user(client, groups["greenhouse 2"], Account("two@example.com", "two-pass-1", "view"))
+    await client.send_edge_points(
+        account.id, groups["greenhouse 3"], [Point("nodeType", "user"), Point("tombstone", 0)]
+    )
+    device = next(
+        n.id for n in await client.children(groups["greenhouse 3"]) if n.description == "soil sensor 0003"
+    )
+    page = await new_page(browser)
+    await login(page, site.base_url, account)
+    tree = page.get_by_role("tree")
+    # Two groups of 100 devices each, and the user itself.
+    await page.wait_for_selector("text=203 nodes", timeout=WAIT_MS)
+    await page.get_by_role("searchbox", name="Search nodes").fill("soil sensor 0003")
+    row = tree.get_by_role("treeitem").filter(has_text="soil sensor 0003")
+    await row.get_by_text("humidity").wait_for(timeout=WAIT_MS)
+    await client.send_points(device, [Point("co2", 612)])
+    await row.get_by_text("co2 612").wait_for(timeout=WAIT_MS)  # live, from the second root's stream
+    assert not page.errors  # type: ignore[attr-defined]

@@ -89,7 +89,7 @@ onExpired(() => Session.expired());
 // nodes: id -> {id, type, description, edges: [{parent, deleted}]}; children: parent -> [ids]
 
 const indexStore = store({ loaded: false, error: '', version: 0, roots: [], nodes: new Map(), children: new Map() });
-let stopStream = null;
+let stopStreams = [];
 
 function build(reply) {
   const nodes = new Map();
@@ -169,27 +169,31 @@ export const Index = {
       const reply = await get('/v1/ui/tree');
       const { nodes, children } = build(reply);
       indexStore.set({ loaded: true, error: '', roots: reply.roots, nodes, children, version: indexStore.state.version + 1 });
-      if (!stopStream) {
-        stopStream = stream(
-          undefined,
-          (change) => {
-            if (applyChange(change)) bump();
-            for (const fn of changeListeners) fn(change);
-          },
-          (s) => indexStore.set({ stream: s }),
-          () => {
-            resetListeners.forEach((fn) => fn());
-            Index.load();
-          },
-        );
+      // One stream per scope root (a user under several nodes has several; the server's default
+      // stream is only for a user under one).
+      if (!stopStreams.length) {
+        for (const root of reply.roots) {
+          stopStreams.push(stream(
+            root,
+            (change) => {
+              if (applyChange(change)) bump();
+              for (const fn of changeListeners) fn(change);
+            },
+            (s) => indexStore.set({ stream: s }),
+            () => {
+              resetListeners.forEach((fn) => fn());
+              Index.load();
+            },
+          ));
+        }
       }
     } catch (err) {
       indexStore.set({ error: err.message });
     }
   },
   reset() {
-    if (stopStream) stopStream();
-    stopStream = null;
+    stopStreams.forEach((stop) => stop());
+    stopStreams = [];
     indexStore.set({ loaded: false, roots: [], nodes: new Map(), children: new Map() });
   },
   // Descriptions of the path from a scope root down to `id` (first parent found).
