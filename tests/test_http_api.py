@@ -242,6 +242,12 @@ async def test_openapi_lists_every_endpoint(admin: Http) -> None:
         ("/v1/nodes/{id}/history", "get"),
         ("/v1/stream", "get"),
         ("/v1/openapi.json", "get"),
+        ("/metrics", "get"),
+        ("/v1/ui/me", "get"),
+        ("/v1/ui/tree", "get"),
+        ("/v1/ui/status", "get"),
+        ("/v1/ui/nodes/{id}/undelete", "post"),
+        ("/v1/ui/nodes/{id}/mirror", "post"),
     }
 
 

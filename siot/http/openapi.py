@@ -72,6 +72,13 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _json(_ref("Error"), words[code]) for code in codes}
 
 
+def _object_body(*fields: str) -> dict[str, Any]:
+    """A required JSON object body of string fields."""
+    properties = {field: {"type": "string"} for field in fields}
+    schema = {"type": "object", "required": list(fields), "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _param(name: str, where: str, description: str, required: bool = False) -> dict[str, Any]:
     return {
         "name": name,
@@ -269,6 +276,41 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
                 **_errors(*AUTHED),
             },
+        }
+    },
+    # The web UI's own endpoints (siot/web/endpoints.py says why each exists).
+    "/v1/ui/me": {
+        "get": {
+            "summary": "The logged-in user, its role and the roots of its scope",
+            "responses": {"200": _json({"type": "object"}), **_errors(401)},
+        }
+    },
+    "/v1/ui/tree": {
+        "get": {
+            "summary": "Every node of the user's scope in one reply (id, parent, type, deleted, name)",
+            "responses": {"200": _json({"type": "object"}), **_errors(401)},
+        }
+    },
+    "/v1/ui/status": {
+        "get": {
+            "summary": "siot stats and siot sync status, for users under the instance root",
+            "responses": {"200": _json({"type": "object"}), **_errors(401, 403)},
+        }
+    },
+    "/v1/ui/nodes/{id}/undelete": {
+        "post": {
+            "summary": "Undelete the edge from a parent to the node",
+            "parameters": [ID],
+            "requestBody": _object_body("parent"),
+            "responses": {"200": _json(OK), **_errors(*AUTHED)},
+        }
+    },
+    "/v1/ui/nodes/{id}/mirror": {
+        "post": {
+            "summary": "Add an edge so that the node also sits under another parent",
+            "parameters": [ID],
+            "requestBody": _object_body("to"),
+            "responses": {"200": _json(OK), **_errors(*AUTHED)},
         }
     },
     "/v1/openapi.json": {
