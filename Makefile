@@ -22,7 +22,7 @@ serve: install
 
 # Debian programs the tests run for real; installed when missing (as root, as on CI), else each
 # test that needs one fails with the apt-get command.
-TEST_PACKAGES := mosquitto-clients
+TEST_PACKAGES := curl influxdb prometheus victoria-metrics chromium mosquitto-clients
 
 test: install
 	$(BIN)/python -P -m siot.cmd.debian_packages $(TEST_PACKAGES)

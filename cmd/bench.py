@@ -102,10 +102,12 @@ def serve_process(
     workdir: Path, port: int, extra_args: Sequence[str] = (), *, name: str = "siot"
 ) -> Iterator[Instance]:
     """Run `siot serve` with data in `workdir/name` and its log in `workdir/name.log`; SIGTERM it
-    (SIGKILL after 30 s) when the block ends. `extra_args` go to `siot serve`."""
+    (SIGKILL after 30 s) when the block ends. `extra_args` go to `siot serve` (HTTP is off unless
+    they have `--http-port`)."""
     log_path = workdir / f"{name}.log"
     args = [sys.executable, "-P", "-m", "siot.cmd.main", "--log-level", "WARNING", "serve"]
-    args += ["--data", str(workdir / name), "--nats-port", str(port), "--monitor-port", "0", *extra_args]
+    args += ["--data", str(workdir / name), "--nats-port", str(port), "--monitor-port", "0"]
+    args += ["--http-port", "0", *extra_args]  # HTTP only when asked: `--http-port N` in extra_args
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:

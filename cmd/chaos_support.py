@@ -173,6 +173,7 @@ class ServeProcess:
     data_dir: Path
     port: int = field(default_factory=free_port)
     instance_id: str | None = None
+    http_port: int = 0  # 0: no HTTP server (the CLI's default port would be shared by every process)
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
@@ -196,7 +197,8 @@ class ServeProcess:
 
     def start(self) -> Self:
         args = [*self.launcher(), "serve", "--data", str(self.data_dir)]
-        args += ["--nats-port", str(self.port), "--monitor-port", "0", *self.extra_args]
+        args += ["--nats-port", str(self.port), "--monitor-port", "0", "--http-port", str(self.http_port)]
+        args += self.extra_args
         if self.instance_id:
             args += ["--id", self.instance_id]
         self.data_dir.mkdir(parents=True, exist_ok=True)

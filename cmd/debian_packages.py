@@ -1,5 +1,5 @@
 """Debian programs the tests and the chaos tools run for real (chromium, influxd, prometheus,
-mosquitto_pub, libfaketime): found on the machine, installed with apt-get when missing and running
+mosquitto_pub, curl, libfaketime): found on the machine, installed with apt-get when missing and running
 as root (as CI does on a clean checkout), else refused with the command that installs them.
 
 `python -m siot.cmd.debian_packages PACKAGE...` installs what is missing in one apt-get call;
@@ -20,6 +20,7 @@ PROVIDES: dict[str, tuple[str, ...]] = {
     "influxdb": ("influxd",),
     "prometheus": ("prometheus",),
     "mosquitto-clients": ("mosquitto_pub",),
+    "curl": ("curl",),
     "libfaketime": (
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",

@@ -28,6 +28,8 @@ LAZY_COMMANDS = {
     "chaos": LazyCommand(
         "siot.cmd.chaos:chaos", "Run fault scenarios against real `siot serve` processes and..."
     ),
+    # argon2 (through siot.users) is the daemon's, not what other client commands need
+    "user": LazyCommand("siot.cmd.user_cmds:user", "Manage users: the accounts of the HTTP API..."),
 }
 
 

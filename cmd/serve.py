@@ -11,6 +11,7 @@ from siot import credfile
 from siot.app import ServeConfig, run
 from siot.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_HOST, DEFAULT_NATS_PORT
 from siot.errors import SiotError
+from siot.http.context import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, DEFAULT_TOKEN_TTL_S
 from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES
 from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
 
@@ -214,6 +215,36 @@ from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
     envvar="SIOT_UPSTREAM_PARENT",
     default=None,
     help="Node id in the upstream's tree to attach this instance under (default: the upstream's root).",
+)
+@click.option(
+    "--http-port",
+    envvar="SIOT_HTTP_PORT",
+    default=DEFAULT_HTTP_PORT,
+    show_default=True,
+    type=click.IntRange(min=0, max=65535),
+    help="Port of the HTTP API (docs/http.md); 0 = no HTTP server.",
+)
+@click.option(
+    "--http-host",
+    envvar="SIOT_HTTP_HOST",
+    default=DEFAULT_HTTP_HOST,
+    show_default=True,
+    help="Address the HTTP API listens on (0.0.0.0 for all interfaces; put TLS in front of it).",
+)
+@click.option(
+    "--token-ttl",
+    "token_ttl_s",
+    envvar="SIOT_TOKEN_TTL",
+    default=DEFAULT_TOKEN_TTL_S,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds an HTTP API token (POST /v1/auth) stays valid.",
+)
+@click.option(
+    "--metrics-token",
+    envvar="SIOT_METRICS_TOKEN",
+    default="",
+    help="Bearer token GET /metrics requires (docs/metrics.md); empty = /metrics is public.",
 )
 def serve(**options: object) -> None:
     """Run a siot instance until SIGINT/SIGTERM.

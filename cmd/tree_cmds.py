@@ -272,6 +272,11 @@ def stats(json_: bool, target: Target) -> None:
     click.echo(f"errors           {sum(errors.values())}")
     for node, count in sorted(errors.items(), key=lambda item: -item[1]):
         click.echo(f"  {node or '(no node)'}  {count}")
+    for node, export in sorted((reply.get("export") or {}).items()):
+        click.echo(
+            f"db export {node}  {export['state']}, {export['exportedLines']} lines written, behind by "
+            f"{export['lagRows']} log entries / {export['lagSeconds']:.0f} s"
+        )
 
 
 COMMANDS = [tree, get, set_points, add, rm, mv, stats]

@@ -28,7 +28,7 @@ from siot.bus import Change, Scope, Watch
 from siot.client import NodeInfo
 from siot.errors import SiotError
 from siot.nodes.config import ConfigError, NodeConfig, decode_config
-from siot.points import NODE_TYPE, TOMBSTONE, Point, supersedes
+from siot.points import NODE_TYPE, TOMBSTONE, Point
 from siot.runtime import AppContext
 from siot.store.tree import ROOT_PARENT as ROOT
 
@@ -172,8 +172,6 @@ class NodeManager(Generic[ConfigT]):
         except SiotError:
             await self._stop(node)
             return
-        if change is not None and change.parent is None:
-            info.points = with_change(info.points, change.points)
         if not info.points and node not in self.runners:
             # `create_node` writes the edge before the points: wait for them rather than
             # reporting an "invalid config" that is only a node half-way through creation.
@@ -238,19 +236,6 @@ class NodeManager(Generic[ConfigT]):
         if current is not None and ours:
             with contextlib.suppress(SiotError):
                 await self.ctx.client.send_points(node, [Point("error", "", origin=node, tombstone=1)])
-
-
-def with_change(read: list[Point], changed: list[Point]) -> list[Point]:
-    """The node's points as read, with the points of the change that prompted the read merged in
-    by the merge rule. Under load the store's reader was seen returning a value older than the
-    committed change it was notified of (a sync node's `disabled` stayed true, the link never
-    came back); the change itself is authoritative for the points it carries."""
-    merged = {(p.type, p.key): p for p in read}
-    for p in changed:
-        current = merged.get((p.type, p.key))
-        if supersedes(p, current):
-            merged[(p.type, p.key)] = p
-    return list(merged.values())
 
 
 def _exception(exc: BaseException) -> str:

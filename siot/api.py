@@ -363,21 +363,28 @@ class Api:
             cursor = (rows[-1][1].time, rows[-1][0])
         return page.reply("points")
 
+    def stats(self) -> dict[str, Any]:
+        """What `siot.stats` answers: the instance's counters and every added source. /metrics
+        (siot/metrics.py) renders the same snapshot, so the two always agree."""
+        return {
+            "instance": self.store.instance_id,
+            "ready": self.ready,
+            "lastSeq": self.store.last_seq,
+            "commits": self.store.commits,
+            "committedWrites": self.store.committed_writes,
+            "queuedPoints": self.store.queued_points,
+            "acceptedPoints": self.accepted_points,
+            "busyRefused": self.write_path.busy_refused,
+            "busyDropped": self.write_path.busy_dropped,
+            "errors": dict(self.write_path.errors),
+            "rejectedByReason": dict(self.write_path.reasons),
+            "nodes": len(self.store.tree.parents),
+            **{name: source() for name, source in self._stats.items()},
+        }
+
     async def _on_stats(self, msg: Msg) -> None:
         async def stats(_: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "instance": self.store.instance_id,
-                "ready": self.ready,
-                "lastSeq": self.store.last_seq,
-                "commits": self.store.commits,
-                "committedWrites": self.store.committed_writes,
-                "acceptedPoints": self.accepted_points,
-                "busyRefused": self.write_path.busy_refused,
-                "busyDropped": self.write_path.busy_dropped,
-                "errors": dict(self.write_path.errors),
-                "nodes": len(self.store.tree.parents),
-                **{name: source() for name, source in self._stats.items()},
-            }
+            return self.stats()
 
         await self._respond(msg, "", stats)
 

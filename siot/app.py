@@ -1,5 +1,5 @@
-"""App wiring for `siot serve`: broker, NATS connection, store, write path, API, fan-out and node
-clients, started in that order on one AsyncExitStack and stopped in reverse.
+"""App wiring for `siot serve`: broker, NATS connection, store, write path, API, fan-out, the HTTP
+server and node clients, started in that order on one AsyncExitStack and stopped in reverse.
 
 Shutdown order matters: node clients stop first, then the API unsubscribes (no new intake), the
 store commits and acks what is queued (its acks still go out over NATS), NATS drains, and only
@@ -37,6 +37,8 @@ from siot.broker import (
 from siot.bus import ChangeBus
 from siot.errors import SiotError
 from siot.fanout import Fanout
+from siot.http.context import DEFAULT_HTTP_HOST, DEFAULT_TOKEN_TTL_S, HttpConfig
+from siot.http.server import HttpServer
 from siot.local import LocalClient
 from siot.logbudget import LogBudget
 from siot.node_clients import NODE_CLIENTS
@@ -44,6 +46,7 @@ from siot.runtime import AppContext, NodeClient
 from siot.store import Store, StoreConfig
 from siot.store.checkpoint import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_RESTART_WAL_FRAMES
 from siot.store.store import DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_QUEUED_POINTS
+from siot.users import attach as attach_users
 from siot.write_path import WritePath
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,13 @@ class ServeConfig:
     leafnode_port: int = 0
     upstream_credential: str | None = None  # file {"user","secret"} for the --upstream link
     upstream_tls_ca: str | None = None
+    # HTTP API (siot/http): off unless a port is given. The CLI's default is 8118; an App built in
+    # a program or a test serves HTTP only when asked, so two of them never fight over one port.
+    http_host: str = DEFAULT_HTTP_HOST
+    http_port: int = 0
+    token_ttl_s: float = DEFAULT_TOKEN_TTL_S
+    # GET /metrics needs `Authorization: Bearer <metrics_token>` when set; public otherwise.
+    metrics_token: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +109,7 @@ class App:
         self.store: Store | None = None
         self.api: Api | None = None
         self.context: AppContext | None = None
+        self.http: HttpServer | None = None
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -197,6 +208,7 @@ class App:
         )
         self._stack.push_async_callback(wait_closed, nc)
         self.store = await self._stack.enter_async_context(store)
+        await attach_users(self.store)  # before the API and sync: no password escapes hashing
         write_path = WritePath(self.store)
         bus = ChangeBus()
         # The API's commit listener (acks, queued in the fan-out's order) runs before the
@@ -213,6 +225,7 @@ class App:
             nc=nc,
             broker_url=url,
             api=self.api,
+            broker=self.broker,
             admin=admin,
             own_tls=own_tls,
         )
@@ -227,6 +240,15 @@ class App:
                 else "",
             )
         )
+        if cfg.http_port:
+            # Before the node clients: /healthz answers 503 while they start (siot/http/server.py).
+            http_config = HttpConfig(
+                host=cfg.http_host,
+                port=cfg.http_port,
+                token_ttl_s=cfg.token_ttl_s,
+                ssl_context=credentials.server_tls(tls) if tls else None,
+            )
+            self.http = await self._stack.enter_async_context(HttpServer(self.context, http_config))
         for node_client in self.node_clients:
             await self._stack.enter_async_context(node_client(self.context))
         self.api.ready = True
@@ -257,6 +279,9 @@ class App:
                 # The daemon pins the server's certificate: trust the new one too before nats-server
                 # serves it (it closes TLS connections on reload; ours reconnects to the new one).
                 context.load_verify_locations(tls.cert)
+            http_tls = self.http.http.config.ssl_context if self.http else None
+            if http_tls is not None and tls is not None:
+                http_tls.load_cert_chain(tls.cert, tls.key)
             await self.broker.reload()
         except (SiotError, OSError, ssl.SSLError) as exc:
             logger.error("siot: reload failed: %s", exc)

@@ -221,6 +221,12 @@ class Broker:
         self._reload_lock = asyncio.Lock()
 
     @property
+    def up(self) -> bool:
+        """nats-server runs and has said it is ready (false while it is being restarted)."""
+        process = self._process
+        return process is not None and process.returncode is None and self._ready.is_set()
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 

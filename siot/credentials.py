@@ -540,6 +540,18 @@ def own_tls(tls: TlsFiles) -> ssl.SSLContext:
     return context
 
 
+def server_tls(tls: TlsFiles) -> ssl.SSLContext:
+    """The HTTP server's TLS context: the same certificate as nats-server's listeners, and with
+    `--tls-ca` the same demand for client certificates. `load_cert_chain` again on it (SIGHUP)
+    serves a renewed certificate to new connections."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    if tls.ca:
+        context.load_verify_locations(tls.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 # ---- the users the broker starts with ----
 
 

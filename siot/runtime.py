@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.client import Client as NATS
 
 from siot.api import Api
+from siot.broker import Broker
 from siot.bus import ChangeBus
 from siot.local import LocalClient
 from siot.store import Store
@@ -56,6 +57,8 @@ class AppContext:
     # connections besides `nc` (the MQTT listener); None: open / plain.
     admin: Credential | None = None
     own_tls: ssl.SSLContext | None = None
+    # The embedded nats-server (None with --nats-url): its state and restarts are on /metrics.
+    broker: Broker | None = None
 
     @property
     def instance_id(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +40,14 @@ BUSY_LOG_INTERVAL_S = 10.0
 Validator = Callable[[str, str, list[Point]], None]
 
 
+def reason_of(exc: Exception) -> str:
+    """`InvalidPoint` -> `invalid_point`: a refusal's reason as a metrics label value."""
+    return _CAMEL_WORD.sub("_", type(exc).__name__).lower()
+
+
+_CAMEL_WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
 class WritePath:
     """The checks every write passes before the store takes it, and the count of what was
     refused (siot.stats `errors`, `busyRefused`, `busyDropped`), whichever door it came in by."""
@@ -48,6 +57,10 @@ class WritePath:
         self.max_batch_points = max_batch_points
         self._validators: list[Validator] = []
         self.errors: Counter[str] = Counter()
+        # The same refusals by reason: the error's class in snake case (`invalid_point`,
+        # `unknown_node`, ...), a handful of names whatever the input (siot.stats
+        # `rejectedByReason`, /metrics `siot_rejected_requests_total{reason}`).
+        self.reasons: Counter[str] = Counter()
         # Writes refused because the store's queue was full: told "busy" (a reply, or an
         # exception in process), or dropped without a word (a publish without a reply subject,
         # counted like nats-server's slow-consumer drops).
@@ -61,6 +74,7 @@ class WritePath:
         if node not in self.errors and len(self.errors) >= MAX_ERROR_KEYS:
             node = OTHER_ERRORS_KEY
         self.errors[node] += 1
+        self.reasons[reason_of(exc)] += 1
         held_back = self._error_log.take()
         if held_back is not None:
             more = f" ({held_back} more rejected inputs not logged)" if held_back else ""

@@ -38,6 +38,25 @@ async def log_window(
     return rows, max(end, after_seq)  # type: ignore[return-value]
 
 
+# A log row as the exporter reads it (nodes/export): seq, node, parent, type, key, time, value
+# (msgpack blob), tombstone.
+ValueRow = tuple[int, str, str, str, str, int, bytes | None, int]
+
+
+async def log_values(store: Store, after_seq: int, limit: int) -> tuple[list[ValueRow], int]:
+    """Up to `limit` log rows with seq > `after_seq`, whoever delivered them, oldest first, and the
+    seq the read covered (as `log_window`). Reads no names: origins and peers are not needed."""
+    end = store.last_seq
+    rows = await store.fetch(
+        "SELECT seq, node, parent, type, key, time, value, tombstone FROM point_log "
+        "WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    )
+    if len(rows) == limit:
+        return rows, rows[-1][0]  # type: ignore[return-value]
+    return rows, max(end, after_seq)  # type: ignore[return-value]
+
+
 async def log_backlog(store: Store, after_seq: int, exclude_via: str = "", skip_parent: str = "") -> int:
     """How many log rows after `after_seq` a peer has not acknowledged (not counting rows that
     came from it, nor edge rows under `skip_parent`). Counted on the log's ids, not through the

@@ -551,6 +551,14 @@ class SyncServer:
         for edge in hit:
             await self.nc.publish(protocol.notify(edge), b"")
 
+    def live_records(self, now_ns: int) -> list[PeerStatus]:
+        """The records of the edges heard from since start, a connected one that has gone quiet
+        shown as disconnected (as `status` does, without its query for the others)."""
+        for status in self.peers.values():
+            if status.state == LinkState.CONNECTED and now_ns - status.last_seen_ns > STALE_AFTER_S * 1e9:
+                status.state = LinkState.DISCONNECTED
+        return [status for _, status in sorted(self.peers.items())]
+
     async def status(self) -> list[dict[str, Any]]:
         """Every downstream root (each edge attached here, heard from since start or not), and
         any other id that asked (refused ones included, with their error)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,16 @@ async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
         # Refused sync requests (per edge id) on siot.stats, beside the API's own error counts.
         remove_stats = ctx.api.add_stats("syncErrors", lambda: dict(server.errors))
 
+        def peers_stats() -> list[dict[str, Any]]:
+            """Every link of ours and every edge heard from since start, with its lag: field
+            `syncPeers` of siot.stats, and /metrics (no query: cheap at every scrape)."""
+            now_ns = time.time_ns()
+            records = [r.link.status if r.link else r.status for r in list(runners.values())]
+            records += server.live_records(now_ns)
+            return [record.lag_wire(ctx.store.last_seq, now_ns) for record in records]
+
+        remove_peers = ctx.api.add_stats("syncPeers", peers_stats)
+
         def factory(c: AppContext, config: SyncNodeConfig) -> SyncRunner:
             return SyncRunner(c, config, book, runners, session)
 
@@ -239,4 +250,5 @@ async def sync_service(ctx: AppContext) -> AsyncIterator[None]:
                 yield
         finally:
             remove_stats()
+            remove_peers()
             await sub.unsubscribe()

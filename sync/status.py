@@ -59,6 +59,26 @@ class PeerStatus:
     def synced(self) -> None:
         self.last_sync_ns = self.last_seen_ns = time.time_ns()
 
+    def lag_wire(self, last_seq: int, now_ns: int) -> dict[str, Any]:
+        """The record as `siot.stats` (`syncPeers`) and /metrics show it, computed without a
+        query: `lagRows` counts our log entries after what the peer acknowledged (an upper
+        bound, as the backlog of `siot sync status`: entries the peer does not need count until
+        its next round scans past them); `lagSeconds` is 0 when nothing is waiting, else the
+        time since the last completed round or acknowledged window (0 if there was none). A link
+        that has not met its upstream yet (disabled, never connected) has no cursor: lag 0."""
+        lag_rows = max(last_seq - self.out_cursor, 0) if self.peer else 0
+        lag_s = (now_ns - self.last_sync_ns) / 1e9 if lag_rows and self.last_sync_ns else 0.0
+        return {
+            "peer": self.peer,
+            "role": str(self.role),
+            "node": self.node,
+            "state": str(self.state),
+            "lagRows": lag_rows,
+            "lagSeconds": round(max(lag_s, 0.0), 3),
+            "shipped": self.shipped,
+            "received": self.received,
+        }
+
     def to_wire(self, backlog: int) -> dict[str, Any]:
         return {
             "peer": self.peer,

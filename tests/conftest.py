@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 import support
+from export_support import DATABASE
+from http_support import Http, http_session
 from support import NatsServer, SiotProcess, connected, running
 
 from siot.client import Client
+from siot.cmd.tsdb_servers import InfluxServer
 from siot.store import Store, StoreConfig
 
 
@@ -87,3 +90,33 @@ async def siot(siot_process: SiotProcess) -> AsyncIterator[Client]:
     """A client connected to `siot_process`, with its root loaded."""
     async with connected(siot_process) as client:
         yield client
+
+
+# For the modules that run one daemon for all their tests (their own `daemon` fixture): its
+# first admin logged in over HTTP, and a NATS client of it.
+
+
+@pytest.fixture
+async def admin(daemon: SiotProcess) -> AsyncIterator[Http]:
+    async with http_session(daemon) as http:
+        yield await http.login()
+
+
+@pytest.fixture
+async def nats(daemon: SiotProcess) -> AsyncIterator[Client]:
+    client = await Client.connect(daemon.url, reconnect_forever=False)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def influx(tmp_path: Path) -> Iterator[InfluxServer]:
+    """A real InfluxDB 1.x (Debian's influxd) with the exporter tests' database."""
+    server = InfluxServer(tmp_path / "influxdb").start()
+    try:
+        server.create_database(DATABASE)
+        yield server
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -53,6 +54,7 @@ __all__ = [
     "free_port",
     "is_bad_block",
     "log_blocks",
+    "run_siot",
     "running",
     "stop_all",
     "stop_pid",
@@ -252,3 +254,25 @@ def without_rules() -> tuple[NodeClient, ...]:
     """The daemon's node clients minus the rules engine: a test runs its own `RulesManager` on
     the daemon's in-process client, on a manual clock."""
     return tuple(client for client in NODE_CLIENTS if client is not rules_client)
+
+
+CLI_TIMEOUT_S = 30
+
+
+def run_siot(
+    url: str, *args: str, stdin: str | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the `siot` CLI against the instance at `url` (no SIOT_* variable of the test's
+    environment leaks in); with `ok`, fail the test unless it exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIOT_")}
+    result = subprocess.run(
+        [SIOT_BIN, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env={**env, "SIOT_URL": url},
+    )
+    if ok:
+        assert result.returncode == 0, f"siot {' '.join(args)} failed:\n{result.stderr}"
+    return result

@@ -39,7 +39,9 @@ async def test_a_fire_and_forget_flood_is_dropped_and_counted_not_queued(tmp_pat
         SiotProcess(data_dir=tmp_path / "d", extra_args=["--max-queued-points", "20"]).start
     )
     try:
-        async with await Client.connect(proc.url, reconnect_forever=False) as client:
+        # The probe's request waits behind the flood in the API's subscription: it must get an
+        # answer (busy or ok), however long a loaded machine takes to reach it.
+        async with await Client.connect(proc.url, reconnect_forever=False, timeout_s=60) as client:
             await client.load_root()
             node = await client.create_node(client.root_id, "device")
             flooder = await nats.connect(proc.url)

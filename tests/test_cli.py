@@ -12,7 +12,7 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner
-from support import SIOT_BIN, SiotProcess, free_port
+from support import SIOT_BIN, SiotProcess, free_port, run_siot
 
 from siot.cmd.main import cli
 
@@ -29,23 +29,8 @@ def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiotProcess]:
         proc.stop()
 
 
-def siot(url: str, *args: str, stdin: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIOT_")}
-    result = subprocess.run(
-        [SIOT_BIN, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        env={**env, "SIOT_URL": url},
-    )
-    if ok:
-        assert result.returncode == 0, f"siot {' '.join(args)} failed:\n{result.stderr}"
-    return result
-
-
 def as_json(url: str, *args: str) -> object:
-    return json.loads(siot(url, *args, "--json").stdout)
+    return json.loads(run_siot(url, *args, "--json").stdout)
 
 
 def points_of(node_json: dict) -> dict[str, object]:
@@ -77,8 +62,8 @@ def test_every_command_has_help() -> None:
 
 def test_add_set_get_typed_values(instance: SiotProcess) -> None:
     url = instance.url
-    node = siot(url, "add", "root", "device", "description=soil 3").stdout.strip()
-    siot(
+    node = run_siot(url, "add", "root", "device", "description=soil 3").stdout.strip()
+    run_siot(
         url,
         "set",
         node,
@@ -107,44 +92,44 @@ def test_add_set_get_typed_values(instance: SiotProcess) -> None:
     }
     assert isinstance(values["i"], int) and isinstance(values["b"], bool)
     assert {p["origin"] for p in got["points"] if p["type"] == "i"} == {"cli-test"}
-    text = siot(url, "get", node).stdout
+    text = run_siot(url, "get", node).stdout
     assert "soil 3" in text and "ch.2" in text and "origin cli-test" in text
-    tree = siot(url, "tree").stdout
+    tree = run_siot(url, "tree").stdout
     assert f'device "soil 3" {node}' in tree
 
 
 def test_rm_mv_and_edge_points(instance: SiotProcess) -> None:
     url = instance.url
-    a = siot(url, "add", "root", "group", "description=a").stdout.strip()
-    b = siot(url, "add", "root", "group", "description=b").stdout.strip()
-    leaf = siot(url, "add", a, "variable", "description=leaf").stdout.strip()
-    siot(url, "mv", leaf, "--to", b)
+    a = run_siot(url, "add", "root", "group", "description=a").stdout.strip()
+    b = run_siot(url, "add", "root", "group", "description=b").stdout.strip()
+    leaf = run_siot(url, "add", a, "variable", "description=leaf").stdout.strip()
+    run_siot(url, "mv", leaf, "--to", b)
     tree = as_json(url, "tree", b)
     assert [c["id"] for c in tree["children"]] == [leaf]
     assert as_json(url, "tree", a)["children"] == []
-    siot(url, "set", leaf, "--edge", b, "weight=2")
+    run_siot(url, "set", leaf, "--edge", b, "weight=2")
     edge = next(e for e in as_json(url, "get", leaf)["edges"] if e["parent"] == b)
     assert {p["type"]: p["value"] for p in edge["edgePoints"]}["weight"] == 2
-    siot(url, "rm", leaf)
+    run_siot(url, "rm", leaf)
     assert as_json(url, "tree", b)["children"] == []
-    assert "(deleted)" in siot(url, "tree", b, "--deleted").stdout
+    assert "(deleted)" in run_siot(url, "tree", b, "--deleted").stdout
 
 
 def test_history_since_and_limit(instance: SiotProcess) -> None:
     url = instance.url
-    node = siot(url, "add", "root", "device").stdout.strip()
+    node = run_siot(url, "add", "root", "device").stdout.strip()
     for value in (1, 2, 3):
-        siot(url, "set", node, f"temp={value}", "other=0")
+        run_siot(url, "set", node, f"temp={value}", "other=0")
     values = [p["value"] for p in as_json(url, "history", node, "temp", "--since", "1h")]
     assert values == [1, 2, 3]
     assert [p["value"] for p in as_json(url, "history", node, "temp", "--limit", "2")] == [1, 2]
     assert as_json(url, "history", node, "temp", "--until", "1h") == []
-    assert "temp=3" in siot(url, "history", node, "temp").stdout
+    assert "temp=3" in run_siot(url, "history", node, "temp").stdout
 
 
 def test_monitor_streams_committed_changes(instance: SiotProcess) -> None:
     url = instance.url
-    node = siot(url, "add", "root", "device", "description=watched").stdout.strip()
+    node = run_siot(url, "add", "root", "device", "description=watched").stdout.strip()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SIOT_")}, "SIOT_URL": url}
     with subprocess.Popen(
         [SIOT_BIN, "monitor", node, "--nl", "--count", "2"],
@@ -155,8 +140,8 @@ def test_monitor_streams_committed_changes(instance: SiotProcess) -> None:
     ) as monitor:
         assert monitor.stderr is not None and monitor.stdout is not None
         assert monitor.stderr.readline().startswith("monitoring")  # the subscription is live
-        siot(url, "set", node, "temp=21.5", "--origin", "probe")
-        siot(url, "set", node, "temp=22")
+        run_siot(url, "set", node, "temp=21.5", "--origin", "probe")
+        run_siot(url, "set", node, "temp=22")
         lines = [json.loads(monitor.stdout.readline()) for _ in range(2)]
         assert monitor.wait(timeout=TIMEOUT_S) == 0
     assert [(r["name"], r["type"], r["value"]) for r in lines] == [
@@ -168,13 +153,13 @@ def test_monitor_streams_committed_changes(instance: SiotProcess) -> None:
 
 def test_export_import_round_trip_is_idempotent(instance: SiotProcess, tmp_path: Path) -> None:
     url = instance.url
-    top = siot(url, "add", "root", "group", "description=greenhouse").stdout.strip()
-    sensor = siot(
+    top = run_siot(url, "add", "root", "group", "description=greenhouse").stdout.strip()
+    sensor = run_siot(
         url, "add", top, "device", "description=probe", "temp=21.5", "on=true", "n.3=7"
     ).stdout.strip()
-    siot(url, "set", sensor, "--edge", top, "order=1")
-    siot(url, "add", sensor, "variable", "description=setpoint", "value=20").stdout.strip()
-    exported = siot(url, "export", top).stdout
+    run_siot(url, "set", sensor, "--edge", top, "order=1")
+    run_siot(url, "add", sensor, "variable", "description=setpoint", "value=20").stdout.strip()
+    exported = run_siot(url, "export", top).stdout
     doc = yaml.safe_load(exported)
     assert doc["id"] == top and doc["children"][0]["points"] == {
         "description": "probe",
@@ -186,15 +171,15 @@ def test_export_import_round_trip_is_idempotent(instance: SiotProcess, tmp_path:
 
     other = SiotProcess(data_dir=tmp_path / "other").start()
     try:
-        first = siot(other.url, "import", stdin=exported)
+        first = run_siot(other.url, "import", stdin=exported)
         assert "3 nodes created" in first.stderr
         seq = as_json(other.url, "stats")["lastSeq"]
-        second = siot(other.url, "import", stdin=exported)
+        second = run_siot(other.url, "import", stdin=exported)
         assert "0 nodes created, 0 points written" in second.stderr
         assert as_json(other.url, "stats")["lastSeq"] == seq  # nothing changed
-        assert yaml.safe_load(siot(other.url, "export", top).stdout) == doc
+        assert yaml.safe_load(run_siot(other.url, "export", top).stdout) == doc
         doc["children"][0]["points"]["temp"] = 25  # an edited file updates only what differs
-        third = siot(other.url, "import", stdin=yaml.safe_dump(doc))
+        third = run_siot(other.url, "import", stdin=yaml.safe_dump(doc))
         assert "0 nodes created, 1 points written" in third.stderr
         assert points_of(as_json(other.url, "get", sensor))["temp"] == 25
     finally:
@@ -203,12 +188,12 @@ def test_export_import_round_trip_is_idempotent(instance: SiotProcess, tmp_path:
 
 def test_import_without_ids_is_idempotent(instance: SiotProcess) -> None:
     url = instance.url
-    parent = siot(url, "add", "root", "group").stdout.strip()
+    parent = run_siot(url, "add", "root", "group").stdout.strip()
     handwritten = (
         "type: group\npoints: {description: hand}\nchildren:\n- {type: device, points: {description: d1}}\n"
     )
-    siot(url, "import", "--parent", parent, stdin=handwritten)
-    siot(url, "import", "--parent", parent, stdin=handwritten)
+    run_siot(url, "import", "--parent", parent, stdin=handwritten)
+    run_siot(url, "import", "--parent", parent, stdin=handwritten)
     tree = as_json(url, "tree", parent)
     assert len(tree["children"]) == 1 and len(tree["children"][0]["children"]) == 1
 
@@ -226,30 +211,30 @@ def test_import_without_ids_is_idempotent(instance: SiotProcess) -> None:
 def test_user_errors_print_one_line_and_exit_1(
     instance: SiotProcess, args: tuple[str, ...], message: str
 ) -> None:
-    node = siot(instance.url, "add", "root", "device").stdout.strip()
-    result = siot(instance.url, *(node if a == "NODE" else a for a in args), stdin="[]", ok=False)
+    node = run_siot(instance.url, "add", "root", "device").stdout.strip()
+    result = run_siot(instance.url, *(node if a == "NODE" else a for a in args), stdin="[]", ok=False)
     assert result.returncode == 1
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unreachable_instance_is_a_clear_error() -> None:
-    result = siot(f"nats://127.0.0.1:{free_port()}", "tree", ok=False)
+    result = run_siot(f"nats://127.0.0.1:{free_port()}", "tree", ok=False)
     assert result.returncode == 1 and "cannot connect" in result.stderr
 
 
 def test_serve_refuses_a_checkpoint_interval_below_its_floor() -> None:
-    result = siot("nats://127.0.0.1:1", "serve", "--checkpoint-interval", "0", ok=False)
+    result = run_siot("nats://127.0.0.1:1", "serve", "--checkpoint-interval", "0", ok=False)
     assert result.returncode == 2 and "--checkpoint-interval" in result.stderr
 
 
 def test_stats_counts_errors(instance: SiotProcess) -> None:
     url = instance.url
-    node = siot(url, "add", "root", "device").stdout.strip()
-    siot(url, "set", node, "--edge", "no-such-parent", "x=1", ok=False)
+    node = run_siot(url, "add", "root", "device").stdout.strip()
+    run_siot(url, "set", node, "--edge", "no-such-parent", "x=1", ok=False)
     stats = as_json(url, "stats")
     assert stats["errors"].get(node) == 1
     assert stats["committedWrites"] >= stats["commits"] >= 1
-    text = siot(url, "stats").stdout
+    text = run_siot(url, "stats").stdout
     assert "errors" in text and "writes each" in text
 
 

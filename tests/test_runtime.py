@@ -19,9 +19,11 @@ def test_the_node_clients_and_their_start_order() -> None:
     names = [f"{client.__module__}.{client.__name__}" for client in NODE_CLIENTS]
     assert names == [
         "siot.sync.service.sync_service",  # first: which subtrees belong to edges
+        "siot.users.users_client",  # the first admin on a start without users
         "siot.nodes.models.client.model_client",  # before ingest: validators in place
         "siot.nodes.ingest.ingest_client",
         "siot.nodes.manager.start",  # archive: one runner per archive node
+        "siot.nodes.export.export_client",  # db exporters read the log from their cursors
         "siot.nodes.rules.manager.rules_client",  # last: rules act on the others
     ]
 

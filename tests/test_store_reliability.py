@@ -46,6 +46,25 @@ async def test_cursor_saves_and_commits_share_one_transaction_discipline(store: 
     assert len(await all_history(store, "n1", "v")) == 300
 
 
+async def test_a_read_sees_every_commit_before_it_while_other_reads_are_in_flight(store: Store) -> None:
+    """Reads share one connection; one read's open statement must not hand another read the
+    snapshot it started with. Before the fix 92 of these 100 reads returned the value from before
+    the commit they followed (seen in a daemon as a node manager configuring a sync link from a
+    `disabled` value older than the change it was notified of)."""
+    await add_node(store, "n1")
+    await store.submit("n1", [Point("v", float(i), time=T0 + i) for i in range(3_000)])
+    stale = []
+    for i in range(100):
+        in_flight = [asyncio.create_task(all_history(store, "n1", "v")) for _ in range(3)]
+        await asyncio.sleep(0)  # their statements start on the reader's thread
+        await store.submit("n1", [Point("x", float(i), time=T0 + 10_000 + i)])
+        current = {p.type: p.value for p in await store.node_points("n1")}
+        if current["x"] != float(i):
+            stale.append((i, current["x"]))
+        assert all(len(h) == 3_000 for h in await asyncio.gather(*in_flight))
+    assert stale == []
+
+
 async def test_bookkeeping_alone_commits(store: Store) -> None:
     await save_cursors(store, {("edge-a", "in"): 42}, T0)
     assert await load_cursors(store) == {("edge-a", "in"): 42}

@@ -48,6 +48,11 @@ class Notifier:
 
     def __init__(self, client: BaseClient) -> None:
         self.client = client
+        # Deliveries (one per service a notification went through) that succeeded, and those
+        # that failed after their retries plus notifications that found no service to go
+        # through: `siot.stats` (`rules`) and /metrics.
+        self.sent = 0
+        self.failed = 0
 
     async def send(
         self, *, rule: str, origin: str, service_id: str, note: Notification
@@ -64,7 +69,9 @@ class Notifier:
         recipients = []
         for user in await find_upward(self.client, rule, USER):
             config, _ = try_decode_config(UserConfig, user.points)
-            if config is not None and config.email:
+            # A login name is not an address: the first admin is "admin" unless
+            # SIOT_ADMIN_EMAIL says otherwise (docs/users.md).
+            if config is not None and "@" in config.email:
                 recipients.append(config.email)
         jobs = []
         config_errors = []
@@ -76,10 +83,14 @@ class Notifier:
                 to = list(dict.fromkeys([*recipients, *config.to.values()]))
                 jobs.append(deliver(service.id, config, to, note))
         if not jobs:
+            self.failed += 1
             raise DeliveryFailed(
                 "; ".join(config_errors) or "no msgService node found above the rule", permanent=True
             )
         results = list(await asyncio.gather(*jobs))
+        ok = sum(r.ok for r in results)
+        self.sent += ok
+        self.failed += len(results) - ok
         await self.client.send_points(rule, [self._record(r, note, origin) for r in results])
         if not any(r.ok for r in results):
             raise DeliveryFailed("; ".join(r.error for r in results), permanent=True)

@@ -135,6 +135,10 @@ class RulesManager:
         self.watching = RuleWatches(client, self._wanted_for, self._on_change)
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=DEFAULT_QUEUE_SIZE)
         self.dropped_changes = 0
+        # Counters for `siot.stats` (`rules`) and /metrics: evaluations of a loaded rule, and
+        # actions started (setValue submitted, notify task spawned).
+        self.evaluations = 0
+        self.actions_run = 0
         self._deadlines: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._tick_queued = False
@@ -145,6 +149,17 @@ class RulesManager:
         self._actions: set[asyncio.Task[None]] = set()
         self._loops: dict[str, LoopGuard] = {}  # rule id -> its loop guard (loops.py)
         self._retry: set[str] = set()  # broken rules whose `_deadlines` entry is a reload
+
+    def stats(self) -> dict[str, int]:
+        """Field `rules` of `siot.stats` (read by /metrics too)."""
+        return {
+            "loaded": len(self.rules),
+            "evaluations": self.evaluations,
+            "actionsRun": self.actions_run,
+            "droppedChanges": self.dropped_changes,
+            "notificationsSent": self.notifier.sent,
+            "notificationsFailed": self.notifier.failed,
+        }
 
     # ---- lifecycle ----
 
@@ -371,6 +386,7 @@ class RulesManager:
         guard. An exception unloads this rule only (`_break`)."""
         if self.rules.get(rule.id) is not rule:
             return
+        self.evaluations += 1
         try:
             outcome = compute()
             guard = self._loops.get(rule.id) if cause is not None else None
@@ -451,6 +467,7 @@ class RulesManager:
         """Publish the setValues, then the state writes (one message per node, the rule's own
         carrying the setValues' `lastRun`), then start the notify tasks."""
         last_runs: list[Point] = []
+        self.actions_run += len(outcome.runs)
         for run in outcome.runs:
             if run.action.config.action is ActionType.SET_VALUE:
                 self.writer.set_value(run)
@@ -653,4 +670,8 @@ async def rules_client(ctx: AppContext, *, clock: Clock | None = None) -> AsyncI
     """The rules node client (siot/node_clients.py). `clock`: the engine's time (tests pass a
     `ManualClock` through `App(node_clients=...)`; default the system clock)."""
     async with RulesManager(ctx.client, clock=clock, manages=ctx.manages) as manager:
-        yield manager
+        remove_stats = ctx.api.add_stats("rules", manager.stats)
+        try:
+            yield manager
+        finally:
+            remove_stats()
