@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -214,3 +216,25 @@ async def test_an_edge_syncs_over_tls_with_its_credential(tmp_path: Path, certs:
             edge.stop()
     finally:
         cloud.stop()
+
+
+def https_status(port: int, ca: Path | None) -> int | str:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    scheme = "https" if ca else "http"
+    try:
+        url = f"{scheme}://127.0.0.1:{port}/healthz"
+        with urllib.request.urlopen(url, context=context, timeout=5) as answer:
+            return int(answer.status)
+    except (OSError, http.client.HTTPException) as exc:
+        return type(exc).__name__
+
+
+async def test_the_http_server_serves_https(tmp_path: Path, certs: Path) -> None:
+    port = free_port()
+    proc = tls_instance(tmp_path / "d", certs, "--http-port", str(port))
+    await start(proc)
+    try:
+        assert await asyncio.to_thread(https_status, port, certs / "ca.pem") == 200
+        assert await asyncio.to_thread(https_status, port, None) != 200  # plain HTTP: no answer
+    finally:
+        proc.stop()
