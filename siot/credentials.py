@@ -69,10 +69,11 @@ NODE_TYPE = "credential"
 DEVICE = "device"
 EDGE = "edge"
 KINDS = (DEVICE, EDGE)
-# A secret is 256 random bits, so the hash's work factor adds nothing an attacker would notice
-# (no dictionary to try); a low cost keeps every connection's bcrypt check (nats-server does
-# one per CONNECT, MQTT too) cheap when a fleet reconnects at once. Measured in docs/benchmarks.md.
-BCRYPT_COST = 8
+# A secret is 256 random bits: no dictionary to try, so bcrypt's work factor adds nothing an
+# attacker would notice, while nats-server pays it on every CONNECT (MQTT too): 18 ms of its CPU
+# per connect at cost 8, 1.2 ms at bcrypt's minimum, 4 (docs/benchmarks.md, `siot bench tls`).
+# So the minimum: a fleet reconnecting after a restart costs the broker seconds, not minutes.
+BCRYPT_COST = 4
 BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_GRACE_S = 3600.0
