@@ -92,16 +92,24 @@ def load(path: str | Path) -> Credential:
 
 
 def write(path: str | Path, credential: Credential) -> None:
-    """Write a credential file with mode 0600, atomically (a reader never sees half a file)."""
+    """Write a credential file with mode 0600, atomically (a reader never sees half a file).
+    Left alone when it holds this already: a restart onto a read-only data directory then gets
+    as far as the store, which says what is wrong. Raises `CredentialFileError` naming the file."""
     path = Path(path)
+    text = json.dumps(credential.to_json()) + "\n"
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return
     tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with os.fdopen(fd, "w") as f:
-        json.dump(credential.to_json(), f)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CredentialFileError(f"cannot write credential file {path}: {exc.strerror}") from exc
 
 
 def admin_file(data_dir: str | Path) -> Path:
